@@ -1,0 +1,68 @@
+"""Build the optional Cython kernels; fall back to pure Python when they cannot be built.
+
+FASTSMTPLIB_NO_EXTENSIONS=1 skips the extension; FASTSMTPLIB_REQUIRE_EXTENSIONS=1
+turns a failed compile into a failed install.  Everything else is in pyproject.toml.
+"""
+
+import os
+import sys
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+def env_flag(name):
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+NO_EXT = env_flag("FASTSMTPLIB_NO_EXTENSIONS")
+REQUIRE_EXT = env_flag("FASTSMTPLIB_REQUIRE_EXTENSIONS")
+
+
+class OptionalBuildExt(build_ext):
+    """build_ext that warns and goes on without the extension if compiling fails."""
+
+    def run(self):
+        try:
+            super().run()
+        except Exception as exc:  # no compiler, no headers, ...
+            self._fallback(exc)
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as exc:
+            self._fallback(exc)
+
+    def _fallback(self, exc):
+        if REQUIRE_EXT:
+            raise
+        sys.stderr.write(
+            "\n*** fastsmtplib: could not compile the Cython extension (%s);\n"
+            "*** installing the pure-Python implementation instead.\n"
+            "*** Set FASTSMTPLIB_REQUIRE_EXTENSIONS=1 to make this an error.\n\n" % exc
+        )
+
+
+def extensions():
+    if NO_EXT:
+        sys.stderr.write("fastsmtplib: FASTSMTPLIB_NO_EXTENSIONS set; building pure Python only\n")
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError as exc:
+        if REQUIRE_EXT:
+            raise
+        sys.stderr.write("fastsmtplib: Cython unavailable (%s); pure Python only\n" % exc)
+        return []
+    exts = [Extension("fastsmtplib._wire_c", ["src/fastsmtplib/_wire_c.pyx"])]
+    try:
+        return cythonize(exts, compiler_directives={"language_level": "3"}, quiet=True)
+    except Exception as exc:
+        if REQUIRE_EXT:
+            raise
+        sys.stderr.write("fastsmtplib: cythonize failed (%s); pure Python only\n" % exc)
+        return []
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
