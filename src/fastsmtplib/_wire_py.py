@@ -167,7 +167,8 @@ class ReplyParser:
             out.append((-1 if self._bad else self._code, b"\n".join(texts)))
             self._new_reply()
         self._tail = buf[pos:]
-        if self._texts and self._nbytes + len(self._tail) > self.max_bytes:
+        # The incomplete line counts too, also when it is the reply's first.
+        if self._nbytes + len(self._tail) > self.max_bytes:
             raise ReplyLimitError("bytes", self.max_bytes)
         return out
 
