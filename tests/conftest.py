@@ -6,7 +6,8 @@ aiosmtpd (in-process, function-scoped, ~10 ms to start)::
     starttls_server          + STARTTLS (trustme cert for localhost/127.0.0.1)
     starttls_required_server + STARTTLS required before MAIL
     ssl_server               implicit TLS, for SMTP_SSL
-    auth_server              AUTH PLAIN LOGIN CRAM-MD5 in the clear; AUTH_USER/AUTH_PASSWORD
+    auth_server              AUTH PLAIN LOGIN CRAM-MD5 in the clear, for
+                             tests.support.aiosmtpd_server.AUTH_USER/AUTH_PASSWORD
     smtputf8_server          + SMTPUTF8
     lmtp_server              LMTP on 127.0.0.1 (one reply per recipient after DATA)
     lmtp_unix_server         LMTP on a Unix socket (``.path``)
@@ -42,14 +43,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.aiosmtpd_server import AiosmtpdServer
+from tests.support.aiosmtpd_server import AUTH_PASSWORD, AUTH_USER, AiosmtpdServer
 from tests.support.certs import tls
 from tests.support.postfix import PostfixServer
 from tests.support.scripted import ScriptedServer
 from tests.support.sink import SmtpSink
 
-AUTH_USER = "alice"
-AUTH_PASSWORD = "s3cret-pw"  # ASCII: the stdlib encodes AUTH secrets as ASCII
 AUTH_USERS = {AUTH_USER: AUTH_PASSWORD}
 
 _SINK_FIXTURES = {"smtp_sink", "smtp_sink_factory"}

@@ -59,10 +59,17 @@ __all__ = [
     "AuthRecordingHandler",
     "AiosmtpdServer",
     "SERVER_HOSTNAME",
+    "AUTH_USER",
+    "AUTH_PASSWORD",
 ]
 
 #: The name the servers give in their greeting and EHLO reply.
 SERVER_HOSTNAME = "aiosmtpd.test"
+
+#: The account the ``auth_server`` fixture accepts. ASCII: the stdlib
+#: encodes AUTH secrets as ASCII.
+AUTH_USER = "alice"
+AUTH_PASSWORD = "s3cret-pw"
 
 ReplySpec = Union[str, int, "tuple[int, str]"]
 
