@@ -20,8 +20,8 @@ Postfix stored it: dot-unstuffed, lines ending in LF, with Postfix's own
 strips it). No header rewriting (``local_header_rewrite_clients =``).
 
 Refusals, decided by the local part (``check_*_access regexp:``):
-``reject*@...`` -> 550 (sender or recipient), ``defer*@...`` -> 450
-recipient, ``bounce*@...`` unknown user 550 at RCPT.
+``reject*@...`` -> 550 (sender at MAIL, recipient at RCPT),
+``defer*@...`` -> 450 recipient, ``bounce*@...`` unknown user 550 at RCPT.
 
 Setup follows notes/real-servers.md: config, queue and data directories in
 a private temp dir (0755, queue owned by root, data by postfix), every
@@ -81,6 +81,19 @@ class PostfixMessage:
     recipients: list
     content: bytes  # headers + body, LF line ends, Postfix's Received: first
     raw: str  # the whole postcat output, for debugging
+    attributes: list  # (name, value) of the envelope's named_attribute records,
+    # e.g. envelope_id, ret_flags, notify_flags, dsn_orig_rcpt (per recipient)
+
+    def attribute(self, name: str) -> Optional[str]:
+        """The first ``named_attribute`` called ``name`` (None if absent)."""
+        return next((v for k, v in self.attributes if k == name), None)
+
+    @property
+    def protocol(self) -> Optional[str]:
+        """The ``with`` word of Postfix's Received header: ESMTP, ESMTPS (TLS),
+        ESMTPA/ESMTPSA (AUTH), UTF8SMTP, UTF8SMTPS (SMTPUTF8)..., or LMTP..."""
+        m = re.search(rb"\bwith (\S+)", self.content.split(b"\n\n", 1)[0])
+        return m.group(1).decode() if m else None
 
     @property
     def body_without_received(self) -> bytes:
@@ -121,6 +134,8 @@ in_flow_delay = 0
 access_map_reject_code = 550
 smtpd_banner = $myhostname ESMTP Postfix (fastsmtplib tests)
 smtpd_relay_restrictions = permit_mynetworks, reject
+# Refuse senders at MAIL, not (Postfix's default) at the first RCPT.
+smtpd_delay_reject = no
 smtpd_sender_restrictions = check_sender_access regexp:{conf}/sender_access
 smtpd_recipient_restrictions = check_recipient_access regexp:{conf}/recipient_access, permit
 # Keep every message: it is queued, acknowledged, and put on hold.
@@ -366,7 +381,7 @@ def _diagnose(conf: Path) -> str:
 
 
 def _parse_postcat(qid: str, out: bytes) -> PostfixMessage:
-    sender, recipients = "", []
+    sender, recipients, attributes = "", [], []
     content: list = []
     section = ""
     for line in out.split(b"\n"):
@@ -379,6 +394,9 @@ def _parse_postcat(qid: str, out: bytes) -> PostfixMessage:
                 sender = value
             elif key == "recipient":
                 recipients.append(value)
+            elif key == "named_attribute":
+                name, _, val = value.partition("=")
+                attributes.append((name, val))
         elif section.startswith("MESSAGE CONTENTS"):
             content.append(line + b"\n")  # one queue file record per line
     return PostfixMessage(
@@ -387,4 +405,5 @@ def _parse_postcat(qid: str, out: bytes) -> PostfixMessage:
         recipients=recipients,
         content=b"".join(content),
         raw=out.decode("utf-8", "replace"),
+        attributes=attributes,
     )
