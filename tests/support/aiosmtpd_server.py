@@ -43,7 +43,6 @@ import secrets
 import shutil
 import ssl
 import tempfile
-import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Union
 
@@ -107,8 +106,7 @@ class ReceivedMessage:
 class RecordingHandler:
     """aiosmtpd handler recording every DATA transaction in ``messages``.
 
-    It also counts connections that got as far as MAIL (``mail_count``) and
-    records refused envelope commands in ``refused`` as
+    It also records refused envelope commands in ``refused`` as
     ``("MAIL"|"RCPT", address, reply)``.
     """
 
@@ -119,14 +117,8 @@ class RecordingHandler:
     lmtp_data_replies: Mapping[str, ReplySpec] = field(default_factory=dict)
     messages: list = field(default_factory=list)
     refused: list = field(default_factory=list)
-    mail_count: int = 0
-
-    def __post_init__(self) -> None:
-        self._lock = threading.Lock()
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
-        with self._lock:
-            self.mail_count += 1
         if address in self.refuse_senders:
             reply = _reply(self.refuse_senders[address])
             self.refused.append(("MAIL", address, reply))

@@ -219,6 +219,13 @@ class PostfixServer:
             if os.environ.get("CI"):
                 pytest.fail(msg + "; CI is set, so this is an error", pytrace=False)
             pytest.skip(msg)
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> "PostfixServer":
         t0 = time.monotonic()
         self.tmp = Path(tempfile.mkdtemp(prefix="fsl-postfix-"))
         self.tmp.chmod(0o755)  # Postfix daemons (user postfix) must traverse it
@@ -250,9 +257,9 @@ class PostfixServer:
                 return self
             if "in use" not in self.maillog:
                 break
-        error = f"postfix start failed ({rc}): {out.read_text()}{self.maillog}{_diagnose(self.conf)}"
-        self.stop()
-        raise RuntimeError(error)
+        raise RuntimeError(
+            f"postfix start failed ({rc}): {out.read_text()}{self.maillog}{_diagnose(self.conf)}"
+        )
 
     def _master_pid(self) -> Optional[int]:
         try:

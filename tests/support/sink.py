@@ -96,6 +96,7 @@ class SmtpSink:
         self._tmpdir: Optional[str] = None
         self.dump_dir: Optional[Path] = None
         self.proc: Optional[subprocess.Popen] = None
+        self._logfile = None
         self.start_seconds: Optional[float] = None
 
     # -- lifecycle ----------------------------------------------------------
@@ -144,6 +145,8 @@ class SmtpSink:
         return self
 
     def _spawn(self, opts: list, where: str) -> None:
+        if self._logfile is not None:
+            self._logfile.close()
         self._logfile = open(os.path.join(self._tmpdir, "sink.log"), "wb")
         argv = [self.binary, "-u", "nobody", *opts, where, str(self.backlog)]
         self.argv = argv
@@ -167,7 +170,9 @@ class SmtpSink:
                     self.proc.kill()
                     self.proc.wait(5)
             self.proc = None
+        if self._logfile is not None:
             self._logfile.close()
+            self._logfile = None
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
