@@ -15,7 +15,7 @@ that was allocated at its proven worst-case size (see ``_encode``).
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_GET_SIZE
-from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.ref cimport Py_INCREF, Py_XDECREF, PyObject
 from libc.stdint cimport uint64_t
 from libc.string cimport memchr, memcmp, memcpy
@@ -46,6 +46,11 @@ cdef enum:
     # Reply memo (see ReplyParser._line): slots (a power of two), longest line.
     MEMO_SLOTS = 16
     MEMO_LINE = 64
+    # _encode: inputs of SCRATCH_FROM bytes and more go through a scratch
+    # buffer of up to SCRATCH_MAX bytes.  Below SCRATCH_FROM the bound 2n+5
+    # stays under 128 KiB, glibc's initial (and smallest) mmap threshold.
+    SCRATCH_FROM = 63 * 1024
+    SCRATCH_MAX = 8 * 1024 * 1024
 
 cdef enum:
     LF = 10
@@ -133,19 +138,16 @@ cdef extern from *:
                                                    const unsigned char* end) noexcept nogil
 
 
-cdef object _encode(const unsigned char* p, Py_ssize_t n, bint stuff):
-    """One pass: every CRLF / bare CR / bare LF -> CRLF, optional dot-stuffing,
-    final CRLF if missing, optional ``.\\r\\n`` terminator.
+# Scratch output for mid-sized inputs (see _encode), kept between calls.  Only
+# used with the GIL held, and no Python code runs between filling it and
+# copying out of it, so calls cannot interleave.
+cdef unsigned char* _scratch = NULL
+cdef Py_ssize_t _scratch_cap = 0
 
-    Each input byte yields at most two output bytes ('.' at a line start -> '..',
-    CR or LF -> CRLF, CRLF -> CRLF), plus 2 for a missing final CRLF and 3 for
-    the terminator: ``2 * n + 5`` bounds the output, so the writes below need no
-    checks.  The result is shrunk to size once at the end.
-    """
-    if n > (PY_SSIZE_T_MAX - 5) // 2:
-        raise MemoryError()
-    cdef PyObject* res = _new_bytes(NULL, 2 * n + 5)
-    cdef unsigned char* o = <unsigned char*>_bytes_data(res)
+
+cdef Py_ssize_t _encode_into(const unsigned char* p, Py_ssize_t n, bint stuff,
+                             unsigned char* o) noexcept nogil:
+    """Write the encoding of ``p[:n]`` to ``o`` (room for ``2 * n + 5``); return its length."""
     cdef unsigned char* o0 = o
     cdef const unsigned char* end = p + n
     cdef const unsigned char* cur = p
@@ -178,7 +180,45 @@ cdef object _encode(const unsigned char* p, Py_ssize_t n, bint stuff):
         o[1] = CR
         o[2] = LF
         o += 3
-    _PyBytes_Resize(&res, o - o0)  # on failure res is freed and the error raised
+    return o - o0
+
+
+cdef object _encode(const unsigned char* p, Py_ssize_t n, bint stuff):
+    """DATA (``stuff``) or BDAT encoding of ``p[:n]`` as a new bytes object.
+
+    Each input byte yields at most two output bytes ('.' at a line start -> '..',
+    CR or LF -> CRLF, CRLF -> CRLF), plus 2 for a missing final CRLF and 3 for
+    the terminator: ``2 * n + 5`` bounds the output, so ``_encode_into`` writes
+    into a buffer of that size without checks.
+    """
+    global _scratch, _scratch_cap
+    if n > (PY_SSIZE_T_MAX - 5) // 2:
+        raise MemoryError()
+    cdef Py_ssize_t cap = 2 * n + 5
+    cdef Py_ssize_t size
+    cdef PyObject* res
+    if SCRATCH_FROM <= n and cap <= SCRATCH_MAX:
+        # Mid-sized inputs: a block allocated at the bound and then shrunk
+        # defeats glibc's mmap threshold, which settles on the shrunk size, so
+        # every next call maps and faults in fresh pages.  Measured 2026-11,
+        # fresh process, 96 KB to 1 MB of mail text: 1.4-1.7 GB/s that way,
+        # 2.5-4.6 GB/s through a reused scratch buffer copied out at the exact
+        # size (its one extra memcpy costs ~10% when the heap had room).
+        if cap > _scratch_cap:
+            PyMem_Free(_scratch)
+            _scratch_cap = 0
+            _scratch = <unsigned char*>PyMem_Malloc(<size_t>cap)
+            if _scratch == NULL:
+                raise MemoryError()
+            _scratch_cap = cap
+        size = _encode_into(p, n, stuff, _scratch)
+        return (<char*>_scratch)[:size]
+    # Small inputs (the bound stays under glibc's smallest mmap threshold, so
+    # the shrink happens on the heap) and huge ones: fill a bytes object
+    # allocated at the bound, then shrink it.
+    res = _new_bytes(NULL, cap)
+    size = _encode_into(p, n, stuff, <unsigned char*>_bytes_data(res))
+    _PyBytes_Resize(&res, size)  # on failure res is freed and the error raised
     result = <object>res  # new reference...
     Py_DECREF(res)  # ...so drop the one _new_bytes gave us
     return result

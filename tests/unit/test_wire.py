@@ -555,13 +555,54 @@ def newsletter(size: int, eol: bytes) -> bytes:
     return eol.join(parts)[:size]
 
 
+def regex_encode(data: bytes, stuff: bool) -> bytes:
+    """The stdlib's regexes on bytes: independent of both twins, and fast."""
+    data = re.sub(rb"\r\n|\r|\n", b"\r\n", data)
+    if stuff:
+        data = re.sub(rb"(?m)^\.", b"..", data)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data + b".\r\n" if stuff else data
+
+
+# Sizes around the compiled twin's allocation strategies (small: bytes object
+# shrunk in place; mid: scratch buffer; huge: shrunk in place again).
+LARGE_SIZES = [60 * 1024, 64511, 64512, 65536, 1 << 20, 4 * 1024 * 1024 - 3, 4 * 1024 * 1024, 5 << 20]
+
+
 @pytest.mark.parametrize("eol", [b"\r\n", b"\n", b"\r"])
-@pytest.mark.parametrize("size", [65536, 1 << 20])
+@pytest.mark.parametrize("size", LARGE_SIZES)
 def test_large_inputs(wire, eol, size):
     data = newsletter(size, eol)
     assert len(data) == size
-    assert wire.dot_stuff(data) == reference_encode(data, True)
-    assert wire.crlf_normalize(data) == reference_encode(data, False)
+    assert wire.dot_stuff(data) == regex_encode(data, True)
+    assert wire.crlf_normalize(data) == regex_encode(data, False)
+
+
+@pytest.mark.parametrize("size", [0, 2, 16, 1000] + LARGE_SIZES)
+def test_worst_case_output_size(wire, size):
+    # b"\n." doubles, and the final CRLF and terminator make it exactly 2n + 5,
+    # the bound the compiled twin allocates; growing sizes reuse its buffers.
+    k = size // 2
+    data = b"\n." * k
+    stuffed = wire.dot_stuff(data)
+    assert len(stuffed) == 2 * len(data) + 5
+    assert stuffed == b"\r\n.." * k + b"\r\n.\r\n"
+    assert wire.crlf_normalize(data) == b"\r\n." * k + b"\r\n"
+
+
+def test_regex_reference_agrees_with_byte_loop():
+    data = newsletter(70_000, b"\n") + b"\r\r\n.\r." + newsletter(5000, b"\r")
+    assert regex_encode(data, True) == reference_encode(data, True)
+    assert regex_encode(data, False) == reference_encode(data, False)
+
+
+def test_results_do_not_share_memory(wire):
+    # Results of consecutive calls of every size stay intact.
+    inputs = [newsletter(size, eol) for size in LARGE_SIZES[:5] for eol in (b"\n", b"\r\n")]
+    results = [wire.dot_stuff(data) for data in inputs]
+    results += [wire.crlf_normalize(data) for data in inputs]
+    assert results == [regex_encode(d, True) for d in inputs] + [regex_encode(d, False) for d in inputs]
 
 
 def test_large_binary_input(wire):
