@@ -91,8 +91,8 @@ cdef extern from *:
        word has a zero byte iff (x - 0x01..) & ~x & 0x80.. is non-zero; x is the
        word XOR CR or LF repeated); a byte loop finds the exact place and does
        the last few bytes.  Define FASTSMTPLIB_NO_SIMD to build (and test) the
-       portable path on x86.  Measured 2026-11 on a shared Xeon, 64 KB of text: SSE2 about
-       4 GB/s, 8-byte words 1.6-2 GB/s, byte loop alone 0.6 GB/s. */
+       portable path on x86.  Measured 2026-11 on a shared Xeon, 64 KB of mail
+       text: SSE2 about 4 GB/s, 8-byte words 1.6-2 GB/s, byte loop 0.6 GB/s. */
     #include <stdint.h>
     #include <string.h>
     #if defined(__SSE2__) && !defined(FASTSMTPLIB_NO_SIMD)
