@@ -22,6 +22,14 @@ TARGET_NAME: str = os.environ.get("FASTSMTPLIB_TEST_TARGET", "fastsmtplib").stri
 IS_STDLIB: bool = TARGET_NAME == "smtplib"
 
 smtplib = importlib.import_module(TARGET_NAME)
+if not hasattr(smtplib, "SMTP"):
+    # e.g. a namespace package left by an editable install before
+    # src/fastsmtplib/__init__.py existed: fail collection once, clearly.
+    raise ImportError(
+        f"{TARGET_NAME!r} ({getattr(smtplib, '__path__', smtplib)}) has no SMTP class; "
+        "is fastsmtplib built and installed (pip install -e '.[test]')? "
+        "FASTSMTPLIB_TEST_TARGET=smtplib runs the tests against the stdlib."
+    )
 
 #: Behaviour where fastsmtplib deliberately differs from the stdlib
 #: (DESIGN.md §4); such tests do not run against the stdlib.
