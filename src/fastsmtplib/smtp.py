@@ -392,11 +392,11 @@ class SMTP:
                     break
                 if deadline is None:
                     total = sock.gettimeout()
-                    if total is None:
-                        deadline = float("inf")
-                        continue
-                    deadline = started + total
-                    saved_timeout = total
+                    # No timeout on the socket: the caller asked to wait forever.
+                    deadline = float("inf") if total is None else started + total
+                    saved_timeout = False if total is None else total
+                if deadline == float("inf"):
+                    continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     self.close()

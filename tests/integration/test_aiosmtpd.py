@@ -498,6 +498,7 @@ def test_login_prefers_cram_md5(auth_server):
     assert auth_server.handler.logins == [("CRAM-MD5", AUTH_USER, True)]
 
 
+@stdlib_only
 def test_login_wrong_password_tries_each_then_fails(auth_server):
     with connect(auth_server) as c:
         with pytest.raises(smtplib.SMTPAuthenticationError) as info:
@@ -506,6 +507,18 @@ def test_login_wrong_password_tries_each_then_fails(auth_server):
         assert c.noop()[0] == 250  # still in step after the failed exchanges
     assert [m for m, _, ok in auth_server.handler.logins] == ["CRAM-MD5", "PLAIN", "LOGIN"]
     assert not any(ok for _, _, ok in auth_server.handler.logins)
+
+
+@fastsmtplib_only
+def test_login_stops_after_535(auth_server):
+    # 535 means the credentials are wrong: retrying them with every other
+    # mechanism only multiplies failed logins (and account lockouts).
+    with connect(auth_server) as c:
+        with pytest.raises(smtplib.SMTPAuthenticationError) as info:
+            c.login(AUTH_USER, "wrong")
+        assert info.value.smtp_code == 535
+        assert c.noop()[0] == 250
+    assert [(m, ok) for m, _, ok in auth_server.handler.logins] == [("CRAM-MD5", False)]
 
 
 @pytest.mark.parametrize("mech", ["PLAIN", "LOGIN", "CRAM-MD5"])
