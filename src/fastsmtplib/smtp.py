@@ -885,6 +885,39 @@ class SMTP:
         flat = _message.flatten(msg, utf8=international)
         return self.sendmail(from_addr, to_list, flat, mail_options, rcpt_options)
 
+    def send_many(
+        self,
+        messages: Iterable[Any],
+        *,
+        window: int = 16,
+        mail_options: Sequence[str] = (),
+        rcpt_options: Sequence[str] = (),
+    ) -> Any:
+        """Send many messages on this connection; yield one result per message.
+
+        Args:
+            messages: an iterable of ``(from_addr, to_addrs, msg)`` tuples
+                (``msg`` a str, bytes or ``email.message.Message``; with a
+                Message, ``from_addr``/``to_addrs`` may be None to take them
+                from its headers) or of Message objects alone.  It is consumed
+                lazily, so a generator of a million messages keeps memory flat.
+            window: most messages in flight at once with CHUNKING (with DATA
+                the body must wait for 354, so one envelope is in flight and
+                each message costs one round trip).
+            mail_options, rcpt_options: as for ``sendmail``, for every message.
+
+        Returns:
+            An iterator of ``fastsmtplib.batch.SendResult``, in input order: every
+            recipient's reply, accepted ones too, and a status (delivered,
+            partial, refused, deferred, failed, uncertain, not_attempted).
+            One message's failure does not stop the others; if the connection
+            dies, messages whose final reply never came are ``uncertain`` and
+            those not yet sent ``not_attempted``.  Nothing is retried here.
+        """
+        from .batch import send_many
+
+        return send_many(self, messages, window, mail_options, rcpt_options)
+
     def quit(self) -> tuple[int, bytes]:
         """SMTP QUIT, then close; a later connect() needs a new EHLO."""
         res = self.docmd("quit")

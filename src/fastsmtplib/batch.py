@@ -1,0 +1,409 @@
+"""``send_many``: stream many messages over one connection, one result per message.
+
+With PIPELINING (RFC 2920) each write carries the previous message's body and
+the next message's whole envelope (MAIL, RCPTs, DATA), so a message costs one
+round trip instead of stdlib's four.  With CHUNKING (RFC 3030) nothing waits for
+a 354: up to ``window`` messages (envelope, ``BDAT n LAST`` and body) are in
+flight at once.  Without PIPELINING the messages go one by one, lock-step.
+
+Every message ends in exactly one reported state (``SendResult.status``):
+
+``delivered``      every recipient accepted the message;
+``partial``        delivered, but some recipients were refused;
+``refused``        not delivered, the server said 5xx (permanent);
+``deferred``       not delivered, the server said 4xx (try later);
+``failed``         not sent: the client refused it (bad input, SIZE, ...);
+``uncertain``      the body was sent but the connection died before its
+                   reply: it may or may not have been delivered, so it must
+                   not be resent blindly (that could duplicate it);
+``not_attempted``  the connection died before the body was sent: nothing was
+                   delivered and it is safe to send again.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Sequence
+
+from . import _message, _protocol
+from .errors import (
+    SMTPDataError,
+    SMTPException,
+    SMTPRecipientsRefused,
+    SMTPSenderRefused,
+    SMTPServerDisconnected,
+)
+
+__all__ = ["SendResult", "send_many"]
+
+DELIVERED = "delivered"
+PARTIAL = "partial"
+REFUSED = "refused"
+DEFERRED = "deferred"
+FAILED = "failed"
+UNCERTAIN = "uncertain"
+NOT_ATTEMPTED = "not_attempted"
+
+
+@dataclass
+class SendResult:
+    """The outcome of one message of ``send_many``.
+
+    Attributes:
+        index: position of the message in the input.
+        from_addr, to_addrs: the envelope used.
+        status: one of the states listed in the module docstring.
+        recipients: every recipient's reply: the RCPT reply, or for LMTP the
+            reply after the data; refused recipients carry their refusal.
+        reply: the server's final reply to the message, if one came.
+        exception: for every status but delivered/partial, the exception
+            ``sendmail`` would have raised (or the client-side error).
+    """
+
+    index: int
+    from_addr: str = ""
+    to_addrs: list[str] = field(default_factory=list)
+    status: str = ""
+    recipients: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    reply: tuple[int, bytes] | None = None
+    exception: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the message was delivered to at least one recipient."""
+        return self.status in (DELIVERED, PARTIAL)
+
+    @property
+    def refused(self) -> dict[str, tuple[int, bytes]]:
+        """Refused recipients, as ``sendmail`` returns them."""
+        return {r: rep for r, rep in self.recipients.items() if not 200 <= rep[0] <= 299}
+
+
+def _by_code(code: int) -> str:
+    return DEFERRED if 400 <= code <= 499 else REFUSED
+
+
+class _Flight:
+    """One message whose commands were written and whose replies are owed."""
+
+    __slots__ = ("result", "payload", "tags", "mail", "accepted", "body_sent", "final")
+
+    def __init__(self, result: SendResult, payload: bytes) -> None:
+        self.result = result
+        self.payload = payload
+        self.tags: collections.deque[Any] = collections.deque()
+        self.mail: tuple[int, bytes] | None = None
+        self.accepted: list[str] = []
+        self.body_sent = False
+        self.final: list[tuple[int, bytes]] = []
+
+
+def _unpack(item: Any) -> tuple[Any, Any, Any]:
+    if isinstance(item, tuple) and len(item) == 3:
+        return item
+    if hasattr(item, "get_all"):  # an email Message alone: envelope from headers
+        return None, None, item
+    raise TypeError("send_many() wants (from_addr, to_addrs, msg) tuples or Message objects, got %r" % type(item))
+
+
+def send_many(
+    conn: Any,
+    messages: Iterable[Any],
+    window: int = 16,
+    mail_options: Sequence[str] = (),
+    rcpt_options: Sequence[str] = (),
+) -> Iterator[SendResult]:
+    """Send ``messages`` on ``conn``; yield one ``SendResult`` per message, in order.
+
+    See ``SMTP.send_many`` for the arguments.
+    """
+    if window < 1:
+        raise ValueError("window must be at least 1")
+    conn.ehlo_or_helo_if_needed()
+    if not conn._use_pipelining():
+        yield from _lockstep(conn, messages, mail_options, rcpt_options)
+        return
+    yield from _Pipeline(conn, window, mail_options, rcpt_options).run(messages)
+
+
+def _prepare(conn: Any, item: Any, mail_options: Sequence[str], rcpt_options: Sequence[str], result: SendResult) -> tuple[bytes, list[bytes]]:
+    """Envelope and payload of one message; raises for what must not be sent."""
+    from_addr, to_addrs, msg = _unpack(item)
+    options = tuple(mail_options)
+    if hasattr(msg, "get_all"):
+        from_addr, to_list = _message.envelope(msg, from_addr, to_addrs)
+        utf8 = _message.needs_smtputf8(from_addr, to_list)
+        if utf8:
+            options += ("SMTPUTF8", "BODY=8BITMIME")
+        msg = _message.flatten(msg, utf8=utf8)
+    else:
+        to_list = [to_addrs] if isinstance(to_addrs, str) else list(to_addrs)
+    result.from_addr, result.to_addrs = from_addr, to_list
+    if not to_list:
+        raise ValueError("message has no recipients")
+    payload, bdat, esmtp_opts = conn._prepare(from_addr, msg, options)
+    encoding = conn.command_encoding
+    conn.command_encoding = "ascii"
+    try:
+        lines = [_protocol.command_line("mail", conn._mail_args(from_addr, esmtp_opts))]
+        lines += [_protocol.command_line("rcpt", conn._rcpt_args(r, rcpt_options)) for r in to_list]
+        wire = [line.encode(conn.command_encoding) for line in lines]
+    finally:
+        conn.command_encoding = encoding
+    return payload, wire
+
+
+def _lockstep(conn: Any, messages: Iterable[Any], mail_options: Sequence[str], rcpt_options: Sequence[str]) -> Iterator[SendResult]:
+    """No PIPELINING: one ``sendmail`` per message, outcomes classified."""
+    source = enumerate(messages)
+    for index, item in source:
+        result = SendResult(index)
+        try:
+            from_addr, to_addrs, msg = _unpack(item)
+            if hasattr(msg, "get_all"):
+                refused = conn.send_message(msg, from_addr, to_addrs, mail_options, rcpt_options)
+                result.from_addr, result.to_addrs = _message.envelope(msg, from_addr, to_addrs)
+            else:
+                result.from_addr = from_addr
+                result.to_addrs = [to_addrs] if isinstance(to_addrs, str) else list(to_addrs)
+                refused = conn.sendmail(from_addr, to_addrs, msg, mail_options, rcpt_options)
+            result.recipients = {r: refused.get(r, (250, b"")) for r in result.to_addrs}
+            result.status = PARTIAL if refused else DELIVERED
+        except SMTPSenderRefused as exc:
+            result.status, result.exception = _by_code(exc.smtp_code), exc
+        except SMTPRecipientsRefused as exc:
+            result.recipients = dict(exc.recipients)
+            codes = [c for c, _ in exc.recipients.values()]
+            result.status = DEFERRED if any(400 <= c <= 499 for c in codes) else REFUSED
+            result.exception = exc
+        except SMTPDataError as exc:
+            result.status, result.exception = _by_code(exc.smtp_code), exc
+        except SMTPServerDisconnected as exc:
+            # Lock-step cannot tell whether the body went out before the loss.
+            result.status, result.exception = UNCERTAIN, exc
+            yield result
+            yield from _not_attempted(source, exc)
+            return
+        except (ValueError, TypeError, UnicodeError, SMTPException) as exc:
+            result.status, result.exception = FAILED, exc
+        yield result
+
+
+def _not_attempted(source: Iterator[tuple[int, Any]], exc: BaseException) -> Iterator[SendResult]:
+    for index, item in source:
+        result = SendResult(index, status=NOT_ATTEMPTED, exception=exc)
+        try:
+            result.from_addr, to, _msg = _unpack(item)
+            if to is not None:
+                result.to_addrs = [to] if isinstance(to, str) else list(to)
+        except TypeError:
+            pass
+        yield result
+
+
+class _Pipeline:
+    """The pipelined engine: what is written, what replies are owed, in order."""
+
+    def __init__(self, conn: Any, window: int, mail_options: Sequence[str], rcpt_options: Sequence[str]) -> None:
+        self.conn = conn
+        self.bdat = conn._use_chunking()
+        self.lmtp = conn.ehlo_msg == "lhlo"
+        # With DATA the body waits for 354, so one envelope is in flight at a
+        # time; with BDAT nothing waits and ``window`` messages may be.
+        self.window = window if self.bdat else 1
+        self.mail_options = mail_options
+        self.rcpt_options = rcpt_options
+        self.flights: collections.deque[_Flight] = collections.deque()
+        self.order: collections.deque[SendResult] = collections.deque()
+        self.need_rset = False
+        self.body_next: _Flight | None = None  # DATA: 354 came, body goes next write
+
+    def run(self, messages: Iterable[Any]) -> Iterator[SendResult]:
+        source = enumerate(messages)
+        exhausted = False
+        conn = self.conn
+        while True:
+            parts: list[bytes] = []
+            if self.body_next is not None:
+                flight, self.body_next = self.body_next, None
+                parts.append(flight.payload)
+                flight.body_sent = True
+            while not exhausted and self._envelopes_in_flight() < self.window:
+                try:
+                    index, item = next(source)
+                except StopIteration:
+                    exhausted = True
+                    break
+                result = SendResult(index)
+                self.order.append(result)
+                try:
+                    payload, wire = _prepare(conn, item, self.mail_options, self.rcpt_options, result)
+                except (ValueError, TypeError, UnicodeError, SMTPException) as exc:
+                    result.status, result.exception = FAILED, exc
+                    continue
+                self._queue(result, payload, wire, parts)
+            yield from self._ready()
+            if not self.flights:
+                if exhausted:
+                    return
+                continue
+            try:
+                if parts:
+                    conn.send(b"".join(parts))
+                self._read_head()
+            except SMTPServerDisconnected as exc:
+                self._connection_lost(exc)
+                yield from self._ready()
+                yield from _not_attempted(source, exc)
+                return
+
+    def _envelopes_in_flight(self) -> int:
+        if self.bdat:
+            return len(self.flights)
+        # DATA: a flight whose body is in this write no longer blocks the next
+        # envelope, which follows in the same write (one round trip a message).
+        return sum(1 for f in self.flights if not f.body_sent)
+
+    def _queue(self, result: SendResult, payload: bytes, wire: list[bytes], parts: list[bytes]) -> None:
+        flight = _Flight(result, payload)
+        tags = flight.tags
+        # After a failed transaction the server may still be inside it; with
+        # BDAT, an earlier in-flight message may yet fail, so always reset.
+        if self.need_rset or (self.bdat and self.flights):
+            parts.append(b"rset\r\n")
+            tags.append("rset")
+            self.need_rset = False
+        parts.extend(wire)
+        tags.append("mail")
+        tags.extend(result.to_addrs)
+        if self.bdat:
+            parts.append(b"BDAT %d LAST\r\n" % len(payload))
+            parts.append(payload)
+            flight.body_sent = True
+            tags.append("final")
+        else:
+            parts.append(b"data\r\n")
+            tags.append("data")
+        self.flights.append(flight)
+
+    def _ready(self) -> Iterator[SendResult]:
+        order = self.order
+        while order and order[0].status:
+            yield order.popleft()
+
+    def _read_head(self) -> None:
+        """Read replies until the oldest flight is finished or awaits its body."""
+        conn = self.conn
+        flight = self.flights[0]
+        while flight.tags:
+            tag = flight.tags.popleft()
+            code, msg = conn.getreply()
+            if code == 421 and tag != "rset":
+                # RFC 5321 §3.8: the server is closing the channel.
+                self._finish_failed(flight, code, msg, tag)
+                conn.close()
+                raise SMTPServerDisconnected("server closed the connection: 421 %r" % (msg,))
+            if tag == "rset":
+                continue
+            if tag == "mail":
+                flight.mail = (code, msg)
+            elif tag == "data":
+                if code == 354 and flight.mail[0] == 250 and flight.accepted:  # type: ignore[index]
+                    flight.tags.append("final")
+                    self.body_next = flight
+                    return
+                if code == 354:
+                    # RFC 2920 §3.1: envelope failed yet DATA accepted: end the
+                    # data at once, never send the body.
+                    flight.payload = b".\r\n"
+                    flight.tags.append("dot")
+                    self.body_next = flight
+                    return
+                self.need_rset = True
+                self._finish_failed(flight, code, msg, tag)
+                self.flights.popleft()
+                return
+            elif tag == "dot":
+                self.need_rset = True
+                self._finish_envelope_failure(flight)
+                self.flights.popleft()
+                return
+            elif tag == "final":
+                if self.lmtp and not flight.final and len(flight.accepted) > 1:
+                    # RFC 2033 §4.2: one reply per accepted recipient.
+                    flight.tags.extend(["final"] * (len(flight.accepted) - 1))
+                flight.final.append((code, msg))
+            else:  # a recipient
+                flight.result.recipients[tag] = (code, msg)
+                if code in (250, 251):
+                    flight.accepted.append(tag)
+        self.flights.popleft()
+        self._finish(flight)
+
+    def _finish(self, flight: _Flight) -> None:
+        result = flight.result
+        if flight.mail is None or flight.mail[0] != 250 or not flight.accepted:
+            self.need_rset = True
+            self._finish_envelope_failure(flight)
+            return
+        if self.lmtp:
+            delivered = 0
+            for rcpt, reply in zip(flight.accepted, flight.final):
+                result.recipients[rcpt] = reply
+                delivered += reply[0] == 250
+            result.reply = flight.final[-1] if flight.final else None
+            if not delivered:
+                code = max(c for c, _ in flight.final)
+                result.status = _by_code(code)
+                result.exception = SMTPDataError(*flight.final[-1])
+                return
+        else:
+            result.reply = flight.final[0]
+            code, msg = result.reply
+            if code != 250:
+                self.need_rset = True
+                result.status = _by_code(code)
+                result.exception = SMTPDataError(code, msg)
+                return
+        refused = any(not 200 <= c <= 299 for c, _ in result.recipients.values())
+        result.status = PARTIAL if refused else DELIVERED
+
+    def _finish_envelope_failure(self, flight: _Flight) -> None:
+        result = flight.result
+        if flight.mail is not None and flight.mail[0] != 250:
+            code, msg = flight.mail
+            result.status = _by_code(code)
+            result.exception = SMTPSenderRefused(code, msg, result.from_addr)
+            return
+        refused = result.refused
+        codes = [c for c, _ in refused.values()] or [554]
+        result.status = DEFERRED if any(400 <= c <= 499 for c in codes) else REFUSED
+        result.exception = SMTPRecipientsRefused(refused)
+
+    def _finish_failed(self, flight: _Flight, code: int, msg: bytes, tag: str) -> None:
+        result = flight.result
+        if tag == "mail":
+            flight.mail = (code, msg)
+            self._finish_envelope_failure(flight)
+        elif tag in ("data", "final", "dot"):
+            if tag == "final":
+                flight.final.append((code, msg))
+            result.reply = (code, msg)
+            result.status = _by_code(code)
+            result.exception = SMTPDataError(code, msg)
+        else:
+            result.recipients[tag] = (code, msg)
+            result.status = _by_code(code)
+            result.exception = SMTPRecipientsRefused(result.refused)
+
+    def _connection_lost(self, exc: BaseException) -> None:
+        """Report every message still in flight: uncertain if its body went out."""
+        for flight in self.flights:
+            result = flight.result
+            if result.status:
+                continue
+            result.exception = exc
+            result.status = UNCERTAIN if flight.body_sent and flight.payload != b".\r\n" else NOT_ATTEMPTED
+        self.flights.clear()
+        self.body_next = None
