@@ -60,6 +60,14 @@ def command_line(cmd: str, args: str = "") -> str:
     return line + CRLF
 
 
+def _refuse_line_breaks(addr: str) -> None:
+    # parseaddr would silently drop what follows a CR/LF, turning an injected
+    # second command into the real address: refuse before parsing.
+    if "\r" in addr or "\n" in addr:
+        raise ValueError("SMTP address refused, it contains prohibited newline characters: "
+                         + addr.replace("\r", "\\r").replace("\n", "\\n"))
+
+
 def quoteaddr(addrstring: str) -> str:
     """Return ``addrstring`` as an RFC 5321 path: the bare address in angle brackets.
 
@@ -67,6 +75,7 @@ def quoteaddr(addrstring: str) -> str:
     address of is passed on as it is (wrapped in brackets unless it already
     starts with one), as the stdlib does.
     """
+    _refuse_line_breaks(addrstring)
     name, addr = email.utils.parseaddr(addrstring)
     if not name and not addr:
         if addrstring.strip().startswith("<"):
@@ -77,6 +86,7 @@ def quoteaddr(addrstring: str) -> str:
 
 def addr_only(addrstring: str) -> str:
     """Return the bare address of ``addrstring`` (for VRFY and EXPN)."""
+    _refuse_line_breaks(addrstring)
     name, addr = email.utils.parseaddr(addrstring)
     if not name and not addr:
         return addrstring
