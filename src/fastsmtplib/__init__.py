@@ -7,11 +7,11 @@ kernels are in use.
 
 from __future__ import annotations
 
-import re
 import socket  # looked up as fastsmtplib.socket at call time (tests patch it)
 
 from ._protocol import CRLF, bCRLF, quoteaddr, quotedata
 from ._wire import HAS_EXTENSIONS, MAXLINE as _MAXLINE
+from . import errors
 from .errors import (
     SMTPAuthenticationError,
     SMTPConnectError,
@@ -37,25 +37,12 @@ try:
 except ImportError:  # pragma: no cover
     _have_ssl = False
 
-OLDSTYLE_AUTH = re.compile(r"auth=(.*)", re.I)
+from ._protocol import _OLD_AUTH as OLDSTYLE_AUTH  # same pattern, one definition
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "SMTPException",
-    "SMTPNotSupportedError",
-    "SMTPServerDisconnected",
-    "SMTPResponseException",
-    "SMTPSenderRefused",
-    "SMTPRecipientsRefused",
-    "SMTPDataError",
-    "SMTPConnectError",
-    "SMTPHeloError",
-    "SMTPAuthenticationError",
-    "SMTPReplyTimeout",
-    "SMTPReplyTooLong",
-    "SMTPMessageTooLarge",
-    "SMTPPipelineError",
+    *errors.__all__,
     "quoteaddr",
     "quotedata",
     "SMTP",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket as _stdlib_socket
 from typing import Any, Sequence
 
-from .errors import SMTPDataError, SMTPServerDisconnected
+from .errors import SMTPDataError
 from .smtp import SMTP, _socket_module
 
 __all__ = ["LMTP", "LMTP_PORT"]
@@ -113,10 +113,7 @@ class LMTP(SMTP):
 
     def _finish_message(self, senderrs: dict[str, tuple[int, bytes]], to_addrs: list[str]) -> dict[str, tuple[int, bytes]]:
         accepted = [r for r in to_addrs if r not in senderrs]
-        try:
-            replies = self._read_recipient_replies(accepted)
-        except SMTPServerDisconnected:
-            raise
+        replies = self._read_recipient_replies(accepted)
         delivered = 0
         last = (0, b"")
         for rcpt, (code, resp) in replies:

@@ -236,9 +236,6 @@ class SMTP:
             return "AUTH %s%s" % (words[1], " <redacted>" if len(words) > 2 else "")
         return "<redacted>"
 
-    def _tracing(self) -> bool:
-        return self.debuglevel > 0 or log.isEnabledFor(_DEBUG)
-
     # -- connection ----------------------------------------------------------
 
     def _get_socket(self, host: str, port: int, timeout: Any) -> Any:
@@ -405,10 +402,6 @@ class SMTP:
         finally:
             if saved_timeout is not False and self.sock is not None:
                 self.sock.settimeout(saved_timeout)
-
-    def _read_replies(self, n: int) -> list[tuple[int, bytes]]:
-        """Read exactly ``n`` replies (pipelining reads a whole group at once)."""
-        return [self.getreply() for _ in range(n)]
 
     def docmd(self, cmd: str, args: str = "") -> tuple[int, bytes]:
         """Send a command and return its reply."""
