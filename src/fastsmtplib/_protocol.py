@@ -68,6 +68,16 @@ def _refuse_line_breaks(addr: str) -> None:
                          + addr.replace("\r", "\\r").replace("\n", "\\n"))
 
 
+# A plain ``dot-atom@domain`` address, bare or in angle brackets (RFC 5321
+# §4.1.2 Dot-string, ASCII only).  For these ``parseaddr`` returns the address
+# unchanged, so the path is built directly: parsing costs ~25 us an address,
+# which dominated the cost of a many-recipient message.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_ADDR = re.compile(
+    rf"<?({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>?"
+)
+
+
 def quoteaddr(addrstring: str) -> str:
     """Return ``addrstring`` as an RFC 5321 path: the bare address in angle brackets.
 
@@ -75,6 +85,9 @@ def quoteaddr(addrstring: str) -> str:
     address of is passed on as it is (wrapped in brackets unless it already
     starts with one), as the stdlib does.
     """
+    plain = _PLAIN_ADDR.fullmatch(addrstring)
+    if plain is not None and (addrstring[0] == "<") == (addrstring[-1] == ">"):
+        return f"<{plain.group(1)}>"
     _refuse_line_breaks(addrstring)
     name, addr = email.utils.parseaddr(addrstring)
     if not name and not addr:
