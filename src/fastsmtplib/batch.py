@@ -23,10 +23,11 @@ Every message ends in exactly one reported state (``SendResult.status``):
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass, field
+import logging
 from typing import Any, Iterable, Iterator, Sequence
 
 from . import _message, _protocol
+from ._wire import crlf_normalize, dot_stuff
 from .errors import (
     SMTPDataError,
     SMTPException,
@@ -37,6 +38,9 @@ from .errors import (
 
 __all__ = ["SendResult", "send_many"]
 
+_log = logging.getLogger("fastsmtplib")
+_DEBUG = logging.DEBUG
+
 DELIVERED = "delivered"
 PARTIAL = "partial"
 REFUSED = "refused"
@@ -46,7 +50,6 @@ UNCERTAIN = "uncertain"
 NOT_ATTEMPTED = "not_attempted"
 
 
-@dataclass
 class SendResult:
     """The outcome of one message of ``send_many``.
 
@@ -61,13 +64,41 @@ class SendResult:
             ``sendmail`` would have raised (or the client-side error).
     """
 
-    index: int
-    from_addr: str = ""
-    to_addrs: list[str] = field(default_factory=list)
-    status: str = ""
-    recipients: dict[str, tuple[int, bytes]] = field(default_factory=dict)
-    reply: tuple[int, bytes] | None = None
-    exception: BaseException | None = None
+    # A plain class with slots, not a dataclass: one is made per message, and
+    # at tens of thousands of messages a second its construction cost shows.
+    __slots__ = ("index", "from_addr", "to_addrs", "status", "recipients", "reply", "exception")
+
+    def __init__(
+        self,
+        index: int,
+        from_addr: str = "",
+        to_addrs: list[str] | None = None,
+        status: str = "",
+        recipients: dict[str, tuple[int, bytes]] | None = None,
+        reply: tuple[int, bytes] | None = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        self.index = index
+        self.from_addr = from_addr
+        self.to_addrs = [] if to_addrs is None else to_addrs
+        self.status = status
+        self.recipients = {} if recipients is None else recipients
+        self.reply = reply
+        self.exception = exception
+
+    def _fields(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"SendResult({inner})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SendResult):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
 
     @property
     def ok(self) -> bool:
@@ -127,8 +158,8 @@ def send_many(
     yield from _Pipeline(conn, window, mail_options, rcpt_options).run(messages)
 
 
-def _prepare(conn: Any, item: Any, mail_options: Sequence[str], rcpt_options: Sequence[str], result: SendResult) -> tuple[bytes, list[bytes]]:
-    """Envelope and payload of one message; raises for what must not be sent."""
+def _prepare(conn: Any, item: Any, mail_options: Sequence[str], rcpt_options: Sequence[str], result: SendResult) -> tuple[bytes, bytes]:
+    """Payload and MAIL+RCPT lines of one message; raises for what must not be sent."""
     from_addr, to_addrs, msg = _unpack(item)
     options = tuple(mail_options)
     if hasattr(msg, "get_all"):
@@ -148,10 +179,80 @@ def _prepare(conn: Any, item: Any, mail_options: Sequence[str], rcpt_options: Se
     try:
         lines = [_protocol.command_line("mail", conn._mail_args(from_addr, esmtp_opts))]
         lines += [_protocol.command_line("rcpt", conn._rcpt_args(r, rcpt_options)) for r in to_list]
-        wire = [line.encode(conn.command_encoding) for line in lines]
+        wire = b"".join([line.encode(conn.command_encoding) for line in lines])
     finally:
         conn.command_encoding = encoding
     return payload, wire
+
+
+class _FastEnvelopes:
+    """The common case of ``_prepare`` without its per-message generality.
+
+    For a str or bytes message whose addresses are all plain ``dot-atom@domain``
+    (see ``_protocol._PLAIN_ADDR``) and run-wide options that hold no BODY= or
+    SMTPUTF8, the MAIL and RCPT lines are formatted straight into bytes and the
+    features they depend on (SIZE, its limit, CHUNKING) are looked up once per
+    run.  ``encode`` returns None for anything else, and the caller takes the
+    general path, so both produce the same bytes (tests/unit/test_batch_encode.py).
+    """
+
+    def __init__(self, conn: Any, mail_options: Sequence[str], rcpt_options: Sequence[str]) -> None:
+        self.usable = False
+        esmtp = conn.does_esmtp
+        opts = " ".join(mail_options) if esmtp and mail_options else ""
+        ropts = " ".join(rcpt_options) if esmtp and rcpt_options else ""
+        upper = opts.upper()
+        if "BODY=" in upper or "SMTPUTF8" in upper:
+            return  # these change the payload or the encoding: general path
+        try:
+            self.mail_suffix = ((" " + opts) if opts else "").encode("ascii") + b"\r\n"
+            self.rcpt_suffix = ((" " + ropts) if ropts else "").encode("ascii") + b"\r\n"
+        except UnicodeEncodeError:
+            return
+        if b"\r" in self.mail_suffix[:-2] + self.rcpt_suffix[:-2] or b"\n" in self.mail_suffix[:-2] + self.rcpt_suffix[:-2]:
+            return  # the general path refuses each message with ValueError
+        self.bdat = conn._use_chunking()
+        if self.bdat and conn.has_extn("binarymime"):
+            return  # 8-bit bodies would need BODY=BINARYMIME: general path
+        self.size = esmtp and conn.has_extn("size")
+        self.limit = _protocol.size_limit(conn.esmtp_features) if self.size else None
+        self.plain = _protocol._PLAIN_ADDR.fullmatch
+        self.usable = True
+
+    def encode(self, from_addr: Any, to_addrs: Any, msg: Any) -> tuple[bytes, bytes, list[str]] | None:
+        """``(payload, MAIL+RCPT lines, recipients)``, or None: use the general path."""
+        if isinstance(msg, str):
+            if not msg.isascii():
+                return None  # the general path raises the stdlib's UnicodeEncodeError
+            msg = msg.encode("ascii")
+        elif not isinstance(msg, (bytes, bytearray)):
+            return None
+        to_list = [to_addrs] if isinstance(to_addrs, str) else list(to_addrs)
+        plain = self.plain
+        sender = plain(from_addr) if isinstance(from_addr, str) else None
+        if sender is None or not to_list:
+            return None
+        suffix = self.rcpt_suffix
+        lines = [b""]
+        for rcpt in to_list:
+            m = plain(rcpt) if isinstance(rcpt, str) else None
+            if m is None:
+                return None
+            lines.append(b"rcpt TO:<%s>%s" % (m.group(1).encode("ascii"), suffix))
+        if self.bdat:
+            payload = crlf_normalize(msg)
+            size = len(payload)
+        else:
+            payload = dot_stuff(msg)
+            size = _protocol.stuffed_size(payload)
+        limit = self.limit
+        if limit is not None and size > limit:
+            return None  # the general path raises SMTPMessageTooLarge
+        head = b"mail FROM:<%s>" % sender.group(1).encode("ascii")
+        if self.size:
+            head += b" size=%d" % size
+        lines[0] = head + self.mail_suffix
+        return payload, b"".join(lines), to_list
 
 
 def _lockstep(conn: Any, messages: Iterable[Any], mail_options: Sequence[str], rcpt_options: Sequence[str]) -> Iterator[SendResult]:
@@ -203,7 +304,13 @@ def _not_attempted(source: Iterator[tuple[int, Any]], exc: BaseException) -> Ite
 
 
 class _Pipeline:
-    """The pipelined engine: what is written, what replies are owed, in order."""
+    """The pipelined engine: what is written, what replies are owed, in order.
+
+    Each message becomes a ``_Flight`` whose ``tags`` name the replies it is
+    owed, in the order the server will send them (RFC 2920 §3.2: replies come
+    in command order).  The loop writes as much as the protocol allows, then
+    reads until the oldest flight is finished or waits for its body.
+    """
 
     def __init__(self, conn: Any, window: int, mail_options: Sequence[str], rcpt_options: Sequence[str]) -> None:
         self.conn = conn
@@ -214,8 +321,12 @@ class _Pipeline:
         self.window = window if self.bdat else 1
         self.mail_options = mail_options
         self.rcpt_options = rcpt_options
+        self.fast = _FastEnvelopes(conn, mail_options, rcpt_options)
         self.flights: collections.deque[_Flight] = collections.deque()
         self.order: collections.deque[SendResult] = collections.deque()
+        # Envelopes written whose message does not yet let the next one go:
+        # with BDAT every unfinished flight; with DATA one still owed its body.
+        self.blocking = 0
         self.need_rset = False
         self.body_next: _Flight | None = None  # DATA: 354 came, body goes next write
 
@@ -223,27 +334,39 @@ class _Pipeline:
         source = enumerate(messages)
         exhausted = False
         conn = self.conn
+        order = self.order
+        fast = self.fast.encode if self.fast.usable else None
         while True:
             parts: list[bytes] = []
-            if self.body_next is not None:
-                flight, self.body_next = self.body_next, None
+            flight = self.body_next
+            if flight is not None:
+                self.body_next = None
                 parts.append(flight.payload)
                 flight.body_sent = True
-            while not exhausted and self._envelopes_in_flight() < self.window:
+                self.blocking -= 1
+            while not exhausted and self.blocking < self.window:
                 try:
                     index, item = next(source)
                 except StopIteration:
                     exhausted = True
                     break
                 result = SendResult(index)
-                self.order.append(result)
+                order.append(result)
                 try:
-                    payload, wire = _prepare(conn, item, self.mail_options, self.rcpt_options, result)
+                    encoded = None
+                    if fast is not None and type(item) is tuple and len(item) == 3:
+                        encoded = fast(*item)
+                    if encoded is None:
+                        payload, wire = _prepare(conn, item, self.mail_options, self.rcpt_options, result)
+                    else:
+                        payload, wire, result.to_addrs = encoded
+                        result.from_addr = item[0]
                 except (ValueError, TypeError, UnicodeError, SMTPException) as exc:
                     result.status, result.exception = FAILED, exc
                     continue
                 self._queue(result, payload, wire, parts)
-            yield from self._ready()
+            while order and order[0].status:
+                yield order.popleft()
             if not self.flights:
                 if exhausted:
                     return
@@ -254,18 +377,12 @@ class _Pipeline:
                 self._read_head()
             except SMTPServerDisconnected as exc:
                 self._connection_lost(exc)
-                yield from self._ready()
+                while order:
+                    yield order.popleft()
                 yield from _not_attempted(source, exc)
                 return
 
-    def _envelopes_in_flight(self) -> int:
-        if self.bdat:
-            return len(self.flights)
-        # DATA: a flight whose body is in this write no longer blocks the next
-        # envelope, which follows in the same write (one round trip a message).
-        return sum(1 for f in self.flights if not f.body_sent)
-
-    def _queue(self, result: SendResult, payload: bytes, wire: list[bytes], parts: list[bytes]) -> None:
+    def _queue(self, result: SendResult, payload: bytes, wire: bytes, parts: list[bytes]) -> None:
         flight = _Flight(result, payload)
         tags = flight.tags
         # After a failed transaction the server may still be inside it; with
@@ -274,7 +391,7 @@ class _Pipeline:
             parts.append(b"rset\r\n")
             tags.append("rset")
             self.need_rset = False
-        parts.extend(wire)
+        parts.append(wire)
         tags.append("mail")
         tags.extend(result.to_addrs)
         if self.bdat:
@@ -286,19 +403,31 @@ class _Pipeline:
             parts.append(b"data\r\n")
             tags.append("data")
         self.flights.append(flight)
+        self.blocking += 1
 
-    def _ready(self) -> Iterator[SendResult]:
-        order = self.order
-        while order and order[0].status:
-            yield order.popleft()
+    def _done_head(self) -> None:
+        """The oldest flight is finished: it no longer holds the window."""
+        flight = self.flights.popleft()
+        if self.bdat or not flight.body_sent:
+            self.blocking -= 1
 
     def _read_head(self) -> None:
         """Read replies until the oldest flight is finished or awaits its body."""
         conn = self.conn
+        replies = conn._replies
+        # Straight from the parsed-reply queue unless replies are being traced.
+        direct = conn.debuglevel <= 0 and not _log.isEnabledFor(_DEBUG)
         flight = self.flights[0]
-        while flight.tags:
-            tag = flight.tags.popleft()
-            code, msg = conn.getreply()
+        tags = flight.tags
+        result = flight.result
+        while tags:
+            tag = tags.popleft()
+            if direct:
+                if not replies:
+                    conn._receive()
+                code, msg = replies.popleft()
+            else:
+                code, msg = conn.getreply()
             if code == 421 and tag != "rset":
                 # RFC 5321 §3.8: the server is closing the channel.
                 self._finish_failed(flight, code, msg, tag)
@@ -310,35 +439,35 @@ class _Pipeline:
                 flight.mail = (code, msg)
             elif tag == "data":
                 if code == 354 and flight.mail[0] == 250 and flight.accepted:  # type: ignore[index]
-                    flight.tags.append("final")
+                    tags.append("final")
                     self.body_next = flight
                     return
                 if code == 354:
                     # RFC 2920 §3.1: envelope failed yet DATA accepted: end the
                     # data at once, never send the body.
                     flight.payload = b".\r\n"
-                    flight.tags.append("dot")
+                    tags.append("dot")
                     self.body_next = flight
                     return
                 self.need_rset = True
                 self._finish_failed(flight, code, msg, tag)
-                self.flights.popleft()
+                self._done_head()
                 return
             elif tag == "dot":
                 self.need_rset = True
                 self._finish_envelope_failure(flight)
-                self.flights.popleft()
+                self._done_head()
                 return
             elif tag == "final":
                 if self.lmtp and not flight.final and len(flight.accepted) > 1:
                     # RFC 2033 §4.2: one reply per accepted recipient.
-                    flight.tags.extend(["final"] * (len(flight.accepted) - 1))
+                    tags.extend(["final"] * (len(flight.accepted) - 1))
                 flight.final.append((code, msg))
             else:  # a recipient
-                flight.result.recipients[tag] = (code, msg)
-                if code in (250, 251):
+                result.recipients[tag] = (code, msg)
+                if code == 250 or code == 251:
                     flight.accepted.append(tag)
-        self.flights.popleft()
+        self._done_head()
         self._finish(flight)
 
     def _finish(self, flight: _Flight) -> None:
@@ -366,6 +495,9 @@ class _Pipeline:
                 result.status = _by_code(code)
                 result.exception = SMTPDataError(code, msg)
                 return
+        if not self.lmtp and len(flight.accepted) == len(result.to_addrs):
+            result.status = DELIVERED  # the common case, without scanning the replies
+            return
         refused = any(not 200 <= c <= 299 for c, _ in result.recipients.values())
         result.status = PARTIAL if refused else DELIVERED
 
@@ -406,4 +538,5 @@ class _Pipeline:
             result.exception = exc
             result.status = UNCERTAIN if flight.body_sent and flight.payload != b".\r\n" else NOT_ATTEMPTED
         self.flights.clear()
+        self.blocking = 0
         self.body_next = None
