@@ -152,6 +152,7 @@ def send_many(
     if window < 1:
         raise ValueError("window must be at least 1")
     conn.ehlo_or_helo_if_needed()
+    conn._check_in_step()  # an unasked reply would shift every pairing below
     if not conn._use_pipelining():
         yield from _lockstep(conn, messages, mail_options, rcpt_options)
         return

@@ -24,6 +24,7 @@ import hmac
 import logging
 import socket as _stdlib_socket
 import sys
+import select
 import time
 import warnings
 from typing import Any, Callable, Iterable, Sequence
@@ -64,6 +65,15 @@ _MAXCHALLENGE = 5
 _RECV_SIZE = 65536
 
 log = logging.getLogger("fastsmtplib")
+
+
+def _readable_now(sock: Any) -> bool:
+    """True if ``sock`` has bytes (or end of file) to read right now."""
+    if hasattr(select, "poll"):  # no FD_SETSIZE limit, unlike select()
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([sock], [], [], 0)[0])
 _DEBUG = logging.DEBUG
 
 
@@ -741,11 +751,16 @@ class SMTP:
         return self._run_transaction(from_addr, list(to_addrs), lines, payload, bdat, piped)
 
     def _check_in_step(self) -> None:
-        """Refuse to start a transaction when unasked-for replies are buffered.
+        """Refuse to start a transaction when a reply nobody asked for is waiting.
 
         A reply nobody asked for means the server's replies and our commands no
-        longer line up; reading on would pair each command with the wrong reply.
+        longer line up; reading on would pair each command with the wrong reply
+        (and, pipelined, send a whole envelope on a misread).  Replies already
+        parsed are checked, then the socket is looked at without blocking for
+        one that arrived since the last read.
         """
+        if not self._replies:
+            self._read_unasked()
         if not self._replies:
             return
         code, msg = self._replies[0]
@@ -753,6 +768,54 @@ class SMTP:
         if code == 421:
             raise SMTPServerDisconnected("server closed the connection: %d %r" % (code, msg))
         raise SMTPPipelineError(code, b"unexpected reply before the transaction: " + msg)
+
+    def _read_unasked(self) -> None:
+        """Parse whatever the server sent unasked, without waiting for more.
+
+        Only real sockets are looked at (test doubles of the stdlib's own
+        suite are not selectable); an end of file is left for the next read
+        to report.
+        """
+        sock = self.sock
+        if not isinstance(sock, _stdlib_socket.socket):
+            return
+        if ssl is not None and isinstance(sock, ssl.SSLSocket):
+            # TLS records that carry no data (a TLS 1.3 session ticket) make
+            # the socket readable too, so only decrypted bytes count.
+            if not sock.pending() and not (_readable_now(sock) and self._read_nowait(sock)):
+                return
+        elif _readable_now(sock):
+            # Poll first: a socket with a timeout is non-blocking underneath,
+            # and CPython would wait out the timeout inside recv().
+            try:
+                if not sock.recv(1, _stdlib_socket.MSG_PEEK):
+                    return  # end of file: the next send or read reports it
+            except OSError:
+                return  # a broken socket: the next send or read reports it
+        else:
+            return
+        self._receive()
+
+    def _read_nowait(self, sock: Any) -> bool:
+        """TLS: decrypt what has arrived into the parser; True if a byte came."""
+        timeout = sock.gettimeout()
+        sock.settimeout(0)
+        try:
+            n = sock.recv_into(self._rview)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            return False
+        except OSError:
+            return False
+        finally:
+            sock.settimeout(timeout)
+        if not n:
+            return False
+        try:
+            self._replies.extend(self._parser.feed(self._rview[:n]))
+        except ReplyLimitError:
+            self.close()
+            raise SMTPReplyTooLong(500, "unasked reply breaks the reply limits") from None
+        return True
 
     def _run_transaction(
         self,
