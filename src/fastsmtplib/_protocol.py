@@ -12,7 +12,8 @@ Rules this module enforces:
 * EHLO keywords are parsed as RFC 5321 §4.1.1.1 / RFC 1869 §4.3 describe, plus
   the old ``AUTH=`` advertisement some servers still send.
 * SIZE (RFC 1870 §4): the declared size is the message's octets after line
-  ends are normalised, without dot-stuffing or the terminating ``.``.
+  ends are normalised, without dot-stuffing or the terminating ``.``
+  (``_wire.dot_stuff_sized`` counts it while encoding).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ __all__ = [
     "quotedata",
     "parse_ehlo",
     "size_limit",
-    "stuffed_size",
     "is_positive",
 ]
 
@@ -159,18 +159,6 @@ def size_limit(features: dict[str, str]) -> int | None:
     except ValueError:
         return None
     return limit or None
-
-
-def stuffed_size(payload: bytes) -> int:
-    """RFC 1870 size of a DATA payload made by ``dot_stuff``.
-
-    The payload ends with ``.\\r\\n`` and has one extra dot at the start of
-    every line that began with a dot; neither counts towards the size.
-    """
-    extra = payload.count(b"\r\n..")
-    if payload.startswith(b".."):
-        extra += 1
-    return len(payload) - 3 - extra
 
 
 def is_positive(code: int) -> bool:

@@ -18,6 +18,7 @@ __all__ = [
     "ReplyParser",
     "crlf_normalize",
     "dot_stuff",
+    "dot_stuff_sized",
     "env_flag",
 ]
 
@@ -31,14 +32,14 @@ def env_flag(name: str) -> bool:
 HAS_EXTENSIONS = False
 if not env_flag("FASTSMTPLIB_NO_EXTENSIONS"):
     try:
-        from ._wire_c import ReplyParser, crlf_normalize, dot_stuff
+        from ._wire_c import ReplyParser, crlf_normalize, dot_stuff, dot_stuff_sized
     except ImportError:
         pass
     else:
         HAS_EXTENSIONS = True
 
 if not HAS_EXTENSIONS:
-    from ._wire_py import ReplyParser, crlf_normalize, dot_stuff  # noqa: F811
+    from ._wire_py import ReplyParser, crlf_normalize, dot_stuff, dot_stuff_sized  # noqa: F811
 
 # Limits and the error class are plain Python in both modes (policy, not bytes).
 from ._wire_py import MAX_REPLY_BYTES, MAX_REPLY_LINES, MAXLINE, ReplyLimitError  # noqa: E402

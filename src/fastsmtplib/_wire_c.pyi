@@ -17,6 +17,7 @@ __all__ = [
     "ReplyLimitError",
     "ReplyParser",
     "dot_stuff",
+    "dot_stuff_sized",
     "crlf_normalize",
 ]
 
@@ -53,6 +54,9 @@ class ReplyParser:
 
 def dot_stuff(data: ReadableBuffer) -> bytes:
     """Encode a message for DATA: CRLF line ends, dots doubled, ``.\\r\\n`` appended."""
+
+def dot_stuff_sized(data: ReadableBuffer) -> tuple[bytes, int]:
+    """``(dot_stuff(data), RFC 1870 size)``: normalised octets, no added dots, no terminator."""
 
 def crlf_normalize(data: ReadableBuffer) -> bytes:
     """Encode a message for BDAT: CRLF line ends, final CRLF ensured."""

@@ -146,9 +146,13 @@ cdef Py_ssize_t _scratch_cap = 0
 
 
 cdef Py_ssize_t _encode_into(const unsigned char* p, Py_ssize_t n, bint stuff,
-                             unsigned char* o) noexcept nogil:
-    """Write the encoding of ``p[:n]`` to ``o`` (room for ``2 * n + 5``); return its length."""
+                             unsigned char* o, Py_ssize_t* dots) noexcept nogil:
+    """Write the encoding of ``p[:n]`` to ``o`` (room for ``2 * n + 5``); return its length.
+
+    ``dots[0]`` is set to the number of dots added by stuffing.
+    """
     cdef unsigned char* o0 = o
+    cdef Py_ssize_t added = 0
     cdef const unsigned char* end = p + n
     cdef const unsigned char* cur = p
     cdef const unsigned char* e
@@ -158,6 +162,7 @@ cdef Py_ssize_t _encode_into(const unsigned char* p, Py_ssize_t n, bint stuff,
         if stuff and cur < end and cur[0] == DOT:
             o[0] = DOT
             o += 1
+            added += 1
         e = _find_eol(cur, end)
         k = e - cur
         memcpy(o, cur, <size_t>k)
@@ -180,10 +185,11 @@ cdef Py_ssize_t _encode_into(const unsigned char* p, Py_ssize_t n, bint stuff,
         o[1] = CR
         o[2] = LF
         o += 3
+    dots[0] = added
     return o - o0
 
 
-cdef object _encode(const unsigned char* p, Py_ssize_t n, bint stuff):
+cdef object _encode(const unsigned char* p, Py_ssize_t n, bint stuff, Py_ssize_t* dots):
     """DATA (``stuff``) or BDAT encoding of ``p[:n]`` as a new bytes object.
 
     Each input byte yields at most two output bytes ('.' at a line start -> '..',
@@ -211,32 +217,32 @@ cdef object _encode(const unsigned char* p, Py_ssize_t n, bint stuff):
             if _scratch == NULL:
                 raise MemoryError()
             _scratch_cap = cap
-        size = _encode_into(p, n, stuff, _scratch)
+        size = _encode_into(p, n, stuff, _scratch, dots)
         return (<char*>_scratch)[:size]
     # Small inputs (the bound stays under glibc's smallest mmap threshold, so
     # the shrink happens on the heap) and huge ones: fill a bytes object
     # allocated at the bound, then shrink it.
     res = _new_bytes(NULL, cap)
-    size = _encode_into(p, n, stuff, <unsigned char*>_bytes_data(res))
+    size = _encode_into(p, n, stuff, <unsigned char*>_bytes_data(res), dots)
     _PyBytes_Resize(&res, size)  # on failure res is freed and the error raised
     result = <object>res  # new reference...
     Py_DECREF(res)  # ...so drop the one _new_bytes gave us
     return result
 
 
-cdef object _encode_obj(object data, bint stuff):
+cdef object _encode_obj(object data, bint stuff, Py_ssize_t* dots):
     cdef Py_buffer view
     if PyBytes_CheckExact(data):
         return _encode(<const unsigned char*>PyBytes_AS_STRING(data),
-                       PyBytes_GET_SIZE(data), stuff)
+                       PyBytes_GET_SIZE(data), stuff, dots)
     if _try_buffer(data, &view):
         try:
-            return _encode(<const unsigned char*>view.buf, view.len, stuff)
+            return _encode(<const unsigned char*>view.buf, view.len, stuff, dots)
         finally:
             PyBuffer_Release(&view)
     data = bytes(data)  # non-contiguous buffers, iterables of ints, ...: as _wire_py
     return _encode(<const unsigned char*>PyBytes_AS_STRING(data),
-                   PyBytes_GET_SIZE(data), stuff)
+                   PyBytes_GET_SIZE(data), stuff, dots)
 
 
 def dot_stuff(data):
@@ -246,7 +252,19 @@ def dot_stuff(data):
     the start of every line, a final CRLF is added unless the message ends with
     one, and the terminator ``.\\r\\n`` is appended.
     """
-    return _encode_obj(data, True)
+    cdef Py_ssize_t dots
+    return _encode_obj(data, True, &dots)
+
+
+def dot_stuff_sized(data):
+    """``(dot_stuff(data), size)``: size is the message's RFC 1870 size.
+
+    The size counts the octets with line ends normalised, without the added
+    dots and the terminator (what SIZE declares), counted while encoding.
+    """
+    cdef Py_ssize_t dots = 0
+    payload = _encode_obj(data, True, &dots)
+    return payload, len(payload) - 3 - dots
 
 
 def crlf_normalize(data):
@@ -255,7 +273,8 @@ def crlf_normalize(data):
     Every line end becomes CRLF and a final CRLF is added unless the message
     ends with one.
     """
-    return _encode_obj(data, False)
+    cdef Py_ssize_t dots
+    return _encode_obj(data, False, &dots)
 
 
 # --------------------------------------------------------------------------

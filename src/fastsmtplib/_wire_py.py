@@ -30,6 +30,7 @@ __all__ = [
     "ReplyLimitError",
     "ReplyParser",
     "dot_stuff",
+    "dot_stuff_sized",
     "crlf_normalize",
 ]
 
@@ -203,6 +204,17 @@ def dot_stuff(data: bytes) -> bytes:
     if data[-2:] != b"\r\n":
         data += b"\r\n"
     return data + b".\r\n"
+
+
+def dot_stuff_sized(data: bytes) -> tuple[bytes, int]:
+    """``(dot_stuff(data), size)``: size is the message's RFC 1870 size.
+
+    The size counts the octets with line ends normalised, without the added
+    dots and the terminator (what SIZE declares).
+    """
+    payload = dot_stuff(data)
+    added = payload.count(b"\r\n..") + payload.startswith(b"..")
+    return payload, len(payload) - 3 - added
 
 
 def crlf_normalize(data: bytes) -> bytes:

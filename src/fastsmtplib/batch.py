@@ -27,7 +27,7 @@ import logging
 from typing import Any, Iterable, Iterator, Sequence
 
 from . import _message, _protocol
-from ._wire import crlf_normalize, dot_stuff
+from ._wire import crlf_normalize, dot_stuff_sized
 from .errors import (
     SMTPDataError,
     SMTPException,
@@ -244,8 +244,7 @@ class _FastEnvelopes:
             payload = crlf_normalize(msg)
             size = len(payload)
         else:
-            payload = dot_stuff(msg)
-            size = _protocol.stuffed_size(payload)
+            payload, size = dot_stuff_sized(msg)
         limit = self.limit
         if limit is not None and size > limit:
             return None  # the general path raises SMTPMessageTooLarge

@@ -773,6 +773,24 @@ def test_dot_stuff_matches_stdlib_data(wire, text):
     assert wire.dot_stuff(text.encode("ascii")) == stdlib_data_payload(text)
 
 
+@settings(HYPO, max_examples=300)
+@given(text=mail_text)
+def test_dot_stuff_sized_gives_the_rfc1870_size(wire, text):
+    raw = text.encode("ascii")
+    payload, size = wire.dot_stuff_sized(raw)
+    assert payload == wire.dot_stuff(raw)
+    # RFC 1870 §4: the size of the message with CRLF line ends, before stuffing.
+    assert size == len(wire.crlf_normalize(raw))
+
+
+@pytest.mark.parametrize("n", [0, 1, 70_000, 300_000])  # heap, scratch and big paths
+def test_dot_stuff_sized_on_every_buffer_path(wire, n):
+    raw = (b".x\n" * (n // 3 + 1))[:n]
+    payload, size = wire.dot_stuff_sized(bytearray(raw))
+    assert payload == wire.dot_stuff(raw)
+    assert size == len(wire.crlf_normalize(raw))
+
+
 @HYPO
 @given(text=mail_text)
 def test_crlf_normalize_matches_stdlib_fix_eols(wire, text):
@@ -793,6 +811,7 @@ def test_extension_loaded():
         assert selector.ReplyParser is _wire_py.ReplyParser
         assert selector.dot_stuff is _wire_py.dot_stuff
         assert selector.crlf_normalize is _wire_py.crlf_normalize
+        assert selector.dot_stuff_sized is _wire_py.dot_stuff_sized
         return
     if env_flag("FASTSMTPLIB_ALLOW_PURE") and not selector.HAS_EXTENSIONS:
         pytest.skip("compiled kernels not built; FASTSMTPLIB_ALLOW_PURE=1 allows that")
@@ -805,6 +824,7 @@ def test_extension_loaded():
     assert selector.ReplyParser is compiled.ReplyParser
     assert selector.dot_stuff is compiled.dot_stuff
     assert selector.crlf_normalize is compiled.crlf_normalize
+    assert selector.dot_stuff_sized is compiled.dot_stuff_sized
     assert selector.ReplyParser is not _wire_py.ReplyParser
     assert selector.ReplyLimitError is _wire_py.ReplyLimitError
 
