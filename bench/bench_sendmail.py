@@ -7,6 +7,7 @@ other core costs more than what is measured; see bench/README.md).
     python -m pytest bench/bench_sendmail.py                  # full run (~1 min)
     python -m pytest bench/ --benchmark-disable -q            # smoke: each once
     python bench/bench_sendmail.py --quick                    # table, no pytest
+    python bench/bench_sendmail.py --quick --raw              # ... with the ceiling
 
 Each round sends a fixed batch of messages on a client that is already
 connected and has said EHLO; ``extra_info`` holds ``msgs_per_s`` (batch size
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from raw_client import RawClient  # noqa: E402
 from sink import PinnedSink, pinned_to_cpu, sink_available  # noqa: E402
 
 import fastsmtplib  # noqa: E402
@@ -250,8 +252,22 @@ def connect(module, sink: PinnedSink):
     return client
 
 
+def raw_batch(client: RawClient, case: Case) -> Callable[[], None]:
+    send = client.send_many_batch if case.key == "d" else client.sendmail_batch
+
+    def run() -> None:
+        send(FROM, case.rcpts, case.msg, case.batch)
+
+    return run
+
+
 def prepare(impl: str, case: Case, sink: PinnedSink):
     """Connect, EHLO, send one checked batch (warm-up); return (client, Meter)."""
+    if impl == "raw":
+        client = RawClient(sink.host, sink.port)
+        batch = raw_batch(client, case)
+        batch()
+        return client, Meter(batch, case.batch)
     client = connect(IMPLS[impl], sink)
     make = send_many_batch if case.key == "d" else sendmail_batch
     batch = make(client, case)
@@ -341,13 +357,15 @@ if pytest is not None and "pytest" in sys.modules and hasattr(pytest, "fixture")
 # Script mode: the same batches, no pytest.
 
 
-def run_table(rounds: int) -> list[tuple]:
+def run_table(rounds: int, raw: bool = False) -> list[tuple]:
     rows = []
     with PinnedSink(cpu=0) as s, pinned_to_cpu(0):
         base: dict[str, Meter] = {}
         for key in "abcd":
             case = CASES[key]
             impls = ["fastsmtplib"] if key == "d" else ["stdlib", "fastsmtplib"]
+            if raw:
+                impls.append("raw")
             if key == "d" and not HAS_SEND_MANY:
                 rows.append((case.group, "fastsmtplib", None, None, None, None, NO_SEND_MANY))
                 continue
@@ -376,13 +394,16 @@ def print_table(rows: list[tuple]) -> None:
             continue
         print(f"{group:36} {impl:12} {rate:9.0f} {cpu:11.1f} {ratio:8.2f}x {cpu_ratio:6.2f}x")
     print("(msgs/s at the median round; CPU = this process's user+sys per message; "
-          "'x stdlib' = msgs/s ratio, 'CPU x' = stdlib CPU / this CPU; d vs stdlib case a)")
+          "'x stdlib' = msgs/s ratio, 'CPU x' = stdlib CPU / this CPU; d vs stdlib case a;\n"
+          " 'raw' = bench/raw_client.py, fastsmtplib's exchange from prebuilt bytes: the ceiling)")
 
 
 def main(argv: Optional[list] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="5 rounds per case (default 12)")
     ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--raw", action="store_true",
+                    help="add the raw-socket ceiling (bench/raw_client.py) to each case")
     args = ap.parse_args(argv)
     why = sink_available()
     if why:
@@ -391,7 +412,7 @@ def main(argv: Optional[list] = None) -> int:
     rounds = args.rounds or (5 if args.quick else 12)
     print(f"fastsmtplib {getattr(fastsmtplib, '__version__', '?')}, Python {sys.version.split()[0]}, "
           f"smtp-sink and client pinned to CPU 0, {rounds} rounds per case")
-    print_table(run_table(rounds))
+    print_table(run_table(rounds, raw=args.raw))
     return 0
 
 

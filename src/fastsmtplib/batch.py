@@ -31,6 +31,7 @@ from ._wire import crlf_normalize, dot_stuff_sized
 from .errors import (
     SMTPDataError,
     SMTPException,
+    SMTPMessageTooLarge,
     SMTPRecipientsRefused,
     SMTPSenderRefused,
     SMTPServerDisconnected,
@@ -256,21 +257,40 @@ class _FastEnvelopes:
 
 
 def _lockstep(conn: Any, messages: Iterable[Any], mail_options: Sequence[str], rcpt_options: Sequence[str]) -> Iterator[SendResult]:
-    """No PIPELINING: one ``sendmail`` per message, outcomes classified."""
+    """No PIPELINING: one ``sendmail`` per message, outcomes classified.
+
+    ``conn._record`` collects what sendmail's return value cannot carry: the
+    accepted recipients' replies, the final reply, and whether the body went
+    out (which decides uncertain vs not attempted when the connection dies).
+    """
     source = enumerate(messages)
     for index, item in source:
         result = SendResult(index)
+        record: dict[str, Any] = {"rcpt": {}, "final": None, "body_sent": False}
         try:
             from_addr, to_addrs, msg = _unpack(item)
             if hasattr(msg, "get_all"):
-                refused = conn.send_message(msg, from_addr, to_addrs, mail_options, rcpt_options)
-                result.from_addr, result.to_addrs = _message.envelope(msg, from_addr, to_addrs)
+                from_addr, to_list = _message.envelope(msg, from_addr, to_addrs)
             else:
-                result.from_addr = from_addr
-                result.to_addrs = [to_addrs] if isinstance(to_addrs, str) else list(to_addrs)
-                refused = conn.sendmail(from_addr, to_addrs, msg, mail_options, rcpt_options)
-            result.recipients = {r: refused.get(r, (250, b"")) for r in result.to_addrs}
+                to_list = [to_addrs] if isinstance(to_addrs, str) else list(to_addrs)
+            result.from_addr, result.to_addrs = from_addr, to_list
+            if not to_list:
+                # As on the pipelined path: refused here, nothing sent.
+                raise ValueError("message has no recipients")
+            conn._record = record
+            try:
+                if hasattr(msg, "get_all"):
+                    refused = conn.send_message(msg, from_addr, to_list, mail_options, rcpt_options)
+                else:
+                    refused = conn.sendmail(from_addr, to_list, msg, mail_options, rcpt_options)
+            finally:
+                conn._record = None
+            result.recipients = {r: refused.get(r) or record["rcpt"].get(r, (250, b"")) for r in to_list}
+            _lmtp_replies(conn, result)
+            result.reply = record["final"]
             result.status = PARTIAL if refused else DELIVERED
+        except SMTPMessageTooLarge as exc:
+            result.status, result.exception = FAILED, exc  # the client refused it
         except SMTPSenderRefused as exc:
             result.status, result.exception = _by_code(exc.smtp_code), exc
         except SMTPRecipientsRefused as exc:
@@ -279,16 +299,32 @@ def _lockstep(conn: Any, messages: Iterable[Any], mail_options: Sequence[str], r
             result.status = DEFERRED if any(400 <= c <= 499 for c in codes) else REFUSED
             result.exception = exc
         except SMTPDataError as exc:
+            result.recipients = dict(record["rcpt"])
+            # LMTP: the per-recipient replies after the data (RFC 2033 §4.2).
+            result.recipients.update(getattr(exc, "recipients", None) or {})
+            result.reply = (exc.smtp_code, exc.smtp_error)
             result.status, result.exception = _by_code(exc.smtp_code), exc
         except SMTPServerDisconnected as exc:
-            # Lock-step cannot tell whether the body went out before the loss.
-            result.status, result.exception = UNCERTAIN, exc
+            # The body may have reached the server: only then is it uncertain.
+            result.status = UNCERTAIN if record["body_sent"] else NOT_ATTEMPTED
+            result.exception = exc
             yield result
             yield from _not_attempted(source, exc)
             return
         except (ValueError, TypeError, UnicodeError, SMTPException) as exc:
             result.status, result.exception = FAILED, exc
         yield result
+        if conn.sock is None:
+            # A 421 (RFC 5321 §3.8) closed the connection: nothing more can go.
+            lost = SMTPServerDisconnected("connection closed by the server (421)")
+            yield from _not_attempted(source, lost)
+            return
+
+
+def _lmtp_replies(conn: Any, result: SendResult) -> None:
+    """LMTP: each recipient's outcome is its reply after the data (RFC 2033 §4.2)."""
+    for rcpt, reply in getattr(conn, "data_replies", ()) or ():
+        result.recipients[rcpt] = reply
 
 
 def _not_attempted(source: Iterator[tuple[int, Any]], exc: BaseException) -> Iterator[SendResult]:
@@ -331,6 +367,19 @@ class _Pipeline:
         self.body_next: _Flight | None = None  # DATA: 354 came, body goes next write
 
     def run(self, messages: Iterable[Any]) -> Iterator[SendResult]:
+        try:
+            yield from self._run(messages)
+        except GeneratorExit:
+            # The caller stopped iterating.  Messages already written have
+            # replies owed that nobody will read: the connection cannot be
+            # used in step again, so close it rather than mis-pair replies.
+            if self.flights or self.body_next is not None:
+                self.conn.close()
+            else:
+                self._close_transaction()
+            raise
+
+    def _run(self, messages: Iterable[Any]) -> Iterator[SendResult]:
         source = enumerate(messages)
         exhausted = False
         conn = self.conn
@@ -369,6 +418,7 @@ class _Pipeline:
                 yield order.popleft()
             if not self.flights:
                 if exhausted:
+                    self._close_transaction()
                     return
                 continue
             try:
@@ -381,6 +431,21 @@ class _Pipeline:
                     yield order.popleft()
                 yield from _not_attempted(source, exc)
                 return
+
+    def _close_transaction(self) -> None:
+        """After the last message: RSET if a failed one left the server in a transaction.
+
+        Otherwise the connection is handed back mid-transaction and the
+        caller's next MAIL gets "503 nested MAIL command".  Every result has
+        already been yielded, so a failure here is not any message's.
+        """
+        if not self.need_rset:
+            return
+        self.need_rset = False
+        try:
+            self.conn._rset()
+        except SMTPServerDisconnected:
+            pass
 
     def _queue(self, result: SendResult, payload: bytes, wire: bytes, parts: list[bytes]) -> None:
         flight = _Flight(result, payload)
@@ -450,11 +515,16 @@ class _Pipeline:
                     self.body_next = flight
                     return
                 self.need_rset = True
-                self._finish_failed(flight, code, msg, tag)
+                if flight.mail[0] != 250 or not flight.accepted:  # type: ignore[index]
+                    # The envelope failed first: DATA's refusal (503/554) is
+                    # only its echo, so report what sendmail would raise.
+                    self._finish_envelope_failure(flight)
+                else:
+                    self._finish_failed(flight, code, msg, tag)
                 self._done_head()
                 return
             elif tag == "dot":
-                self.need_rset = True
+                # The lone dot ended the transaction (RFC 5321 §4.1.1.4): no RSET owed.
                 self._finish_envelope_failure(flight)
                 self._done_head()
                 return
@@ -491,7 +561,10 @@ class _Pipeline:
             result.reply = flight.final[0]
             code, msg = result.reply
             if code != 250:
-                self.need_rset = True
+                # After DATA the end of data closed the transaction whatever the
+                # reply (RFC 5321 §4.1.1.4); a refused BDAT may leave it open
+                # (RFC 3030 §2 leaves the state to the server), so reset then.
+                self.need_rset = self.need_rset or self.bdat
                 result.status = _by_code(code)
                 result.exception = SMTPDataError(code, msg)
                 return

@@ -161,6 +161,10 @@ class SMTP:
         self._auth_challenge_count = 0
         self._local_hostname = local_hostname
         self._redact = False  # True while AUTH secrets are on the wire
+        # send_many's lock-step path sets a dict here to learn what sendmail's
+        # return value cannot carry: every RCPT reply, the final reply, and
+        # whether the body went out (see batch._lockstep).
+        self._record: dict[str, Any] | None = None
         self._parser = ReplyParser()
         self._replies: collections.deque[tuple[int, bytes]] = collections.deque()
         self._rbuf = bytearray(_RECV_SIZE)
@@ -741,17 +745,20 @@ class SMTP:
         self._check_in_step()
         # Every command line is built (and checked for CR/LF) before any is sent.
         lines = [_protocol.command_line("mail", self._mail_args(from_addr, esmtp_opts))]
-        if rcpt_options and self.does_esmtp:
+        piped = self._use_pipelining()
+        with_options = rcpt_options and self.does_esmtp
+        block = _protocol.rcpt_block(to_addrs) if piped and not with_options and len(to_addrs) > 1 else None
+        if block is not None:
+            lines.append(block)  # one string for all: only ever sent whole, pipelined
+        elif with_options:
             lines += [_protocol.command_line("rcpt", self._rcpt_args(r, rcpt_options)) for r in to_addrs]
         else:
             # quoteaddr never returns CR or LF (it refuses them), so the lines
-            # need no further check; formatting them inline halves the cost of
-            # a many-recipient envelope.
+            # need no further check.
             quote = _protocol.quoteaddr
             lines += [f"rcpt TO:{quote(r)}\r\n" for r in to_addrs]
         if not bdat:
             lines.append("data\r\n")
-        piped = self._use_pipelining()
         if piped:
             self.send("".join(lines))
         return self._run_transaction(from_addr, list(to_addrs), lines, payload, bdat, piped)
@@ -838,8 +845,11 @@ class SMTP:
         they were already sent in one write, so a failure still has to consume
         every reply owed for them before the connection is in step again.
         """
-        owed = len(lines)
+        # MAIL, each RCPT, and DATA unless BDAT (``lines`` may hold the RCPTs
+        # as one block when pipelined).
+        owed = 1 + len(to_addrs) + (not bdat)
         replies = self._replies
+        rec = self._record
         # Straight from the parsed-reply queue when nothing traces replies.
         direct = piped and self.debuglevel <= 0 and not log.isEnabledFor(_DEBUG)
 
@@ -872,15 +882,19 @@ class SMTP:
                 if code == 421:
                     self.close()
                     raise SMTPRecipientsRefused(senderrs)
+            elif rec is not None:
+                rec["rcpt"][rcpt] = (code, resp)
         accepted = len(to_addrs) - len(senderrs)
         if not accepted:
             self._drain(owed, piped)
             self._rset()
             raise SMTPRecipientsRefused(senderrs)
         if bdat:
+            if rec is not None:
+                rec["body_sent"] = True  # from here a lost connection leaves it uncertain
             self.send(b"BDAT %d LAST\r\n" % len(payload) + payload if payload else b"BDAT 0 LAST\r\n")
         else:
-            code, resp = reply_to(len(lines) - 1)
+            code, resp = reply_to(-1)
             if self.debuglevel > 0:
                 self._print_debug("data:", (code, resp))
             if code != 354:
@@ -889,12 +903,16 @@ class SMTP:
                 else:
                     self._rset()
                 raise SMTPDataError(code, resp)
+            if rec is not None:
+                rec["body_sent"] = True
             self.send(payload)
         return self._finish_message(senderrs, to_addrs)
 
     def _finish_message(self, senderrs: dict[str, tuple[int, bytes]], to_addrs: list[str]) -> dict[str, tuple[int, bytes]]:
         """Read the reply to the message's end; LMTP overrides (RFC 2033 §4.2)."""
         code, resp = self.getreply()
+        if self._record is not None:
+            self._record["final"] = (code, resp)
         if self.debuglevel > 0:
             self._print_debug("data:", (code, resp))
         if code != 250:
