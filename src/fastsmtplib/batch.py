@@ -116,6 +116,11 @@ def _by_code(code: int) -> str:
     return DEFERRED if 400 <= code <= 499 else REFUSED
 
 
+def _refusal_status(codes: Iterable[int]) -> str:
+    """Several recipients refused: deferred if any refusal was temporary (4xx)."""
+    return DEFERRED if any(400 <= c <= 499 for c in codes) else REFUSED
+
+
 class _Flight:
     """One message whose commands were written and whose replies are owed."""
 
@@ -295,15 +300,17 @@ def _lockstep(conn: Any, messages: Iterable[Any], mail_options: Sequence[str], r
             result.status, result.exception = _by_code(exc.smtp_code), exc
         except SMTPRecipientsRefused as exc:
             result.recipients = dict(exc.recipients)
-            codes = [c for c, _ in exc.recipients.values()]
-            result.status = DEFERRED if any(400 <= c <= 499 for c in codes) else REFUSED
+            result.status = _refusal_status(c for c, _ in exc.recipients.values())
             result.exception = exc
         except SMTPDataError as exc:
             result.recipients = dict(record["rcpt"])
-            # LMTP: the per-recipient replies after the data (RFC 2033 §4.2).
-            result.recipients.update(getattr(exc, "recipients", None) or {})
             result.reply = (exc.smtp_code, exc.smtp_error)
             result.status, result.exception = _by_code(exc.smtp_code), exc
+            # LMTP: the per-recipient replies after the data (RFC 2033 §4.2).
+            after_data = getattr(exc, "recipients", None)
+            if after_data:
+                result.recipients.update(after_data)
+                result.status = _refusal_status(c for c, _ in after_data.values())
         except SMTPServerDisconnected as exc:
             # The body may have reached the server: only then is it uncertain.
             result.status = UNCERTAIN if record["body_sent"] else NOT_ATTEMPTED
@@ -553,8 +560,9 @@ class _Pipeline:
                 delivered += reply[0] == 250
             result.reply = flight.final[-1] if flight.final else None
             if not delivered:
-                code = max(c for c, _ in flight.final)
-                result.status = _by_code(code)
+                # As for refused recipients at RCPT time: one 4xx means a
+                # retry may succeed for someone, so the message is deferred.
+                result.status = _refusal_status(c for c, _ in flight.final)
                 result.exception = SMTPDataError(*flight.final[-1])
                 return
         else:
@@ -582,8 +590,7 @@ class _Pipeline:
             result.exception = SMTPSenderRefused(code, msg, result.from_addr)
             return
         refused = result.refused
-        codes = [c for c, _ in refused.values()] or [554]
-        result.status = DEFERRED if any(400 <= c <= 499 for c in codes) else REFUSED
+        result.status = _refusal_status(c for c, _ in refused.values())
         result.exception = SMTPRecipientsRefused(refused)
 
     def _finish_failed(self, flight: _Flight, code: int, msg: bytes, tag: str) -> None:

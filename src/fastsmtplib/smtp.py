@@ -1005,6 +1005,8 @@ class SMTP:
         """
         from .batch import send_many
 
+        if window < 1:  # here, not in the generator: at the call, not at first next()
+            raise ValueError("window must be at least 1")
         return send_many(self, messages, window, mail_options, rcpt_options)
 
     def quit(self) -> tuple[int, bytes]:
