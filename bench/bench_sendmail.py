@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from raw_client import RawClient  # noqa: E402
+from bdat_sink import PinnedBdatSink  # noqa: E402
+from raw_client import RawClient, bdat_window_batch  # noqa: E402
 from sink import PinnedSink, pinned_to_cpu, sink_available  # noqa: E402
 
 import fastsmtplib  # noqa: E402
@@ -178,6 +179,9 @@ CASES = {
     "c": Case("c", "e2e c: sendmail 20KB HTML, 1 rcpt", MSG_20K, RCPT1, 200, 30),
     # d's stdlib baseline is case a (same messages, same envelope).
     "d": Case("d", "e2e d: send_many 1KB, 1 rcpt", MSG_1K, RCPT1, 200, 30),
+    # e runs on bench/bdat_sink.py (smtp-sink has no CHUNKING): stdlib's
+    # sendmail loop (DATA) vs send_many over BDAT, on the same sink.
+    "e": Case("e", "e2e e: send_many 1KB BDAT sink", MSG_1K, RCPT1, 400, 30),
 }
 
 HAS_SEND_MANY = hasattr(fastsmtplib.SMTP, "send_many")
@@ -253,6 +257,11 @@ def connect(module, sink: PinnedSink):
 
 
 def raw_batch(client: RawClient, case: Case) -> Callable[[], None]:
+    if case.key == "e":
+        def run() -> None:
+            bdat_window_batch(client, FROM, case.rcpts, case.msg, case.batch)
+
+        return run
     send = client.send_many_batch if case.key == "d" else client.sendmail_batch
 
     def run() -> None:
@@ -269,7 +278,7 @@ def prepare(impl: str, case: Case, sink: PinnedSink):
         batch()
         return client, Meter(batch, case.batch)
     client = connect(IMPLS[impl], sink)
-    make = send_many_batch if case.key == "d" else sendmail_batch
+    make = send_many_batch if case.key in "de" and impl != "stdlib" else sendmail_batch
     batch = make(client, case)
     batch()  # every message accepted, before anything is timed
     return client, Meter(batch, case.batch)
@@ -352,16 +361,39 @@ if pytest is not None and "pytest" in sys.modules and hasattr(pytest, "fixture")
         """fastsmtplib: one send_many() of 200 messages, 1 KB, 1 recipient, one connection."""
         _bench(benchmark, sink, "fastsmtplib", CASES["d"])
 
+    @pytest.fixture(scope="module")
+    def bdat_sink():
+        with PinnedBdatSink(cpu=0) as s:
+            yield s
+
+    def test_e_stdlib(benchmark, bdat_sink):
+        """stdlib smtplib: 400 x sendmail() (DATA), 1 KB, on the CHUNKING sink."""
+        _bench(benchmark, bdat_sink, "stdlib", CASES["e"])
+
+    def test_e_fastsmtplib_send_many(benchmark, bdat_sink):
+        """fastsmtplib: one send_many() of 400 messages over BDAT (window 16), 1 KB."""
+        _bench(benchmark, bdat_sink, "fastsmtplib", CASES["e"])
+
 
 # ---------------------------------------------------------------------------
 # Script mode: the same batches, no pytest.
+
+
+def _measure(impl: str, case: Case, sink, rounds: int) -> Meter:
+    client, meter = prepare(impl, case, sink)
+    try:
+        for _ in range(rounds):
+            meter()
+    finally:
+        close(client)
+    return meter
 
 
 def run_table(rounds: int, raw: bool = False) -> list[tuple]:
     rows = []
     with PinnedSink(cpu=0) as s, pinned_to_cpu(0):
         base: dict[str, Meter] = {}
-        for key in "abcd":
+        for key in "abcde":
             case = CASES[key]
             impls = ["fastsmtplib"] if key == "d" else ["stdlib", "fastsmtplib"]
             if raw:
@@ -370,12 +402,11 @@ def run_table(rounds: int, raw: bool = False) -> list[tuple]:
                 rows.append((case.group, "fastsmtplib", None, None, None, None, NO_SEND_MANY))
                 continue
             for impl in impls:
-                client, meter = prepare(impl, case, s)
-                try:
-                    for _ in range(rounds):
-                        meter()
-                finally:
-                    close(client)
+                if key == "e":  # its own sink: smtp-sink has no CHUNKING
+                    with PinnedBdatSink(cpu=0) as bs:
+                        meter = _measure(impl, case, bs, rounds)
+                else:
+                    meter = _measure(impl, case, s, rounds)
                 if impl == "stdlib":
                     base[key] = meter
                 ref = base["a" if key == "d" else key]
@@ -395,6 +426,7 @@ def print_table(rows: list[tuple]) -> None:
         print(f"{group:36} {impl:12} {rate:9.0f} {cpu:11.1f} {ratio:8.2f}x {cpu_ratio:6.2f}x")
     print("(msgs/s at the median round; CPU = this process's user+sys per message; "
           "'x stdlib' = msgs/s ratio, 'CPU x' = stdlib CPU / this CPU; d vs stdlib case a;\n"
+          " e on bench/bdat_sink.py (CHUNKING), stdlib's sendmail loop there uses DATA;\n"
           " 'raw' = bench/raw_client.py, fastsmtplib's exchange from prebuilt bytes: the ceiling)")
 
 

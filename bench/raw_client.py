@@ -74,3 +74,22 @@ class RawClient:
         self.sock.close()
 
     close = quit
+
+
+def bdat_window_batch(client: RawClient, from_addr: str, rcpts: list, msg: str, n: int, window: int = 16) -> None:
+    """Like fastsmtplib send_many() over BDAT: ``window`` whole transactions a write."""
+    from fastsmtplib._wire import crlf_normalize
+
+    payload = crlf_normalize(msg.encode("ascii"))
+    one = b"mail FROM:<%s>\r\n" % from_addr.encode() + b"".join(
+        b"rcpt TO:<%s>\r\n" % r.encode() for r in rcpts) + b"BDAT %d LAST\r\n" % len(payload) + payload
+    owed = 2 + len(rcpts)
+    first = True
+    sent = 0
+    while sent < n:
+        k = min(window, n - sent)
+        group = [one if (first and i == 0) else b"rset\r\n" + one for i in range(k)]
+        client.sock.sendall(b"".join(group))
+        client._expect(k * owed + (k - 1 if first else k))
+        first = False
+        sent += k

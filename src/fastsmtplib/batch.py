@@ -362,6 +362,7 @@ class _Pipeline:
         # With DATA the body waits for 354, so one envelope is in flight at a
         # time; with BDAT nothing waits and ``window`` messages may be.
         self.window = window if self.bdat else 1
+        self.low_water = self.window // 2 if self.bdat else 0
         self.mail_options = mail_options
         self.rcpt_options = rcpt_options
         self.fast = _FastEnvelopes(conn, mail_options, rcpt_options)
@@ -400,7 +401,13 @@ class _Pipeline:
                 parts.append(flight.payload)
                 flight.body_sent = True
                 self.blocking -= 1
-            while not exhausted and self.blocking < self.window:
+            # With BDAT, refill only once half the window has drained, so that
+            # each write carries many messages and each read many replies.
+            if self.blocking <= self.low_water:
+                room = self.window
+            else:
+                room = 0
+            while not exhausted and self.blocking < room:
                 try:
                     index, item = next(source)
                 except StopIteration:

@@ -887,9 +887,10 @@ def test_bdat_mixed_outcomes(window):
 
 
 def test_bdat_hangup_with_a_full_window():
-    # Three messages in flight when the server dies after answering the first:
-    # the other two (and the one sent after) had their bodies sent, so they are
-    # uncertain; the fifth was never written.
+    # window=3: three messages go in one write; the client refills once half
+    # the window has drained (two answered), writing two more at once.  The
+    # server then dies: every message whose body was written but not answered
+    # is uncertain; the sixth was never written.
     def group(i, rset):
         return envelope([f"r{i}@example.org"], rset=rset, data=False) + bdat(msg(f"m{i}"))
 
@@ -897,18 +898,20 @@ def test_bdat_hangup_with_a_full_window():
         c.handshake(["PIPELINING", "CHUNKING"])
         read_write(c, group(0, False) + group(1, True) + group(2, True))
         c.send(b"250 ok\r\n250 ok\r\n250 2.0.0 queued\r\n")
-        read_write(c, group(3, True))
+        assert c.pending(0.05) == b"", "refilled before half the window drained"
+        c.send(b"250 ok\r\n250 ok\r\n250 ok\r\n250 2.0.0 queued\r\n")
+        read_write(c, group(3, True) + group(4, True))
         c.close()
 
     with ScriptedServer(script, timeout=3) as srv:
         s = client(srv)
-        results = list(s.send_many([(FROM, f"r{i}@example.org", msg(f"m{i}")) for i in range(5)],
+        results = list(s.send_many([(FROM, f"r{i}@example.org", msg(f"m{i}")) for i in range(6)],
                                    window=3))
         s.close()
-    check_one_result_each(results, 5)
-    assert [r.status for r in results] == ["delivered", "uncertain", "uncertain", "uncertain",
-                                           "not_attempted"]
-    assert srv.received.count(b"BDAT") == 4  # nothing resent
+    check_one_result_each(results, 6)
+    assert [r.status for r in results] == ["delivered", "delivered", "uncertain", "uncertain",
+                                           "uncertain", "not_attempted"]
+    assert srv.received.count(b"BDAT") == 5  # nothing resent
 
 
 def test_bdat_binarymime_for_8bit_bodies():
