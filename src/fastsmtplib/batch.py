@@ -121,6 +121,11 @@ def _refusal_status(codes: Iterable[int]) -> str:
     return DEFERRED if any(400 <= c <= 499 for c in codes) else REFUSED
 
 
+# What a reply answers, in a flight's ``tags``; any other tag is a recipient
+# (a str), so these are ints: a recipient named "data" cannot pass for one.
+_RSET, _MAIL, _DATA, _FINAL, _DOT = range(5)
+
+
 class _Flight:
     """One message whose commands were written and whose replies are owed."""
 
@@ -463,24 +468,25 @@ class _Pipeline:
 
     def _queue(self, result: SendResult, payload: bytes, wire: bytes, parts: list[bytes]) -> None:
         flight = _Flight(result, payload)
-        tags = flight.tags
         # After a failed transaction the server may still be inside it; with
         # BDAT, an earlier in-flight message may yet fail, so always reset.
-        if self.need_rset or (self.bdat and self.flights):
+        rset = self.need_rset or (self.bdat and self.flights)
+        if rset:
             parts.append(b"rset\r\n")
-            tags.append("rset")
             self.need_rset = False
         parts.append(wire)
-        tags.append("mail")
-        tags.extend(result.to_addrs)
         if self.bdat:
             parts.append(b"BDAT %d LAST\r\n" % len(payload))
             parts.append(payload)
             flight.body_sent = True
-            tags.append("final")
+            last = _FINAL
         else:
             parts.append(b"data\r\n")
-            tags.append("data")
+            last = _DATA
+        if rset:
+            flight.tags.extend((_RSET, _MAIL, *result.to_addrs, last))
+        else:
+            flight.tags.extend((_MAIL, *result.to_addrs, last))
         self.flights.append(flight)
         self.blocking += 1
 
@@ -507,25 +513,25 @@ class _Pipeline:
                 code, msg = replies.popleft()
             else:
                 code, msg = conn.getreply()
-            if code == 421 and tag != "rset":
+            if code == 421 and tag != _RSET:
                 # RFC 5321 §3.8: the server is closing the channel.
                 self._finish_failed(flight, code, msg, tag)
                 conn.close()
                 raise SMTPServerDisconnected("server closed the connection: 421 %r" % (msg,))
-            if tag == "rset":
+            if tag == _RSET:
                 continue
-            if tag == "mail":
+            if tag == _MAIL:
                 flight.mail = (code, msg)
-            elif tag == "data":
+            elif tag == _DATA:
                 if code == 354 and flight.mail[0] == 250 and flight.accepted:  # type: ignore[index]
-                    tags.append("final")
+                    tags.append(_FINAL)
                     self.body_next = flight
                     return
                 if code == 354:
                     # RFC 2920 §3.1: envelope failed yet DATA accepted: end the
                     # data at once, never send the body.
                     flight.payload = b".\r\n"
-                    tags.append("dot")
+                    tags.append(_DOT)
                     self.body_next = flight
                     return
                 self.need_rset = True
@@ -537,15 +543,15 @@ class _Pipeline:
                     self._finish_failed(flight, code, msg, tag)
                 self._done_head()
                 return
-            elif tag == "dot":
+            elif tag == _DOT:
                 # The lone dot ended the transaction (RFC 5321 §4.1.1.4): no RSET owed.
                 self._finish_envelope_failure(flight)
                 self._done_head()
                 return
-            elif tag == "final":
+            elif tag == _FINAL:
                 if self.lmtp and not flight.final and len(flight.accepted) > 1:
                     # RFC 2033 §4.2: one reply per accepted recipient.
-                    tags.extend(["final"] * (len(flight.accepted) - 1))
+                    tags.extend([_FINAL] * (len(flight.accepted) - 1))
                 flight.final.append((code, msg))
             else:  # a recipient
                 result.recipients[tag] = (code, msg)
@@ -602,11 +608,11 @@ class _Pipeline:
 
     def _finish_failed(self, flight: _Flight, code: int, msg: bytes, tag: str) -> None:
         result = flight.result
-        if tag == "mail":
+        if tag == _MAIL:
             flight.mail = (code, msg)
             self._finish_envelope_failure(flight)
-        elif tag in ("data", "final", "dot"):
-            if tag == "final":
+        elif tag in (_DATA, _FINAL, _DOT):
+            if tag == _FINAL:
                 flight.final.append((code, msg))
             result.reply = (code, msg)
             result.status = _by_code(code)

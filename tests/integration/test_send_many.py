@@ -1278,3 +1278,30 @@ def test_postfix_connection_usable_after_send_many(postfix):
             stored = sorted((m.recipients, m.body_without_received) for m in postfix.messages())
     assert refused == {}
     assert stored == [(["after@example.org"], lf(POSTFIX_MSG % 9)), (["r0@example.org"], lf(POSTFIX_MSG % 0))]
+
+
+@pytest.mark.parametrize("extensions", [["PIPELINING"], ["PIPELINING", "CHUNKING"]])
+def test_recipients_named_like_commands(extensions):
+    # Local recipients may be called anything, "data" or "final" included:
+    # their replies must still be matched to them, not to the DATA command.
+    rcpts = ["data", "final", "mail"]
+
+    def script(c):
+        c.handshake(extensions)
+        if "CHUNKING" in extensions:
+            read_write(c, envelope(rcpts, data=False) + bdat(msg("m0")))
+            c.send(b"250 sender ok\r\n250 data ok\r\n251 final forwarded\r\n250 mail ok\r\n250 queued\r\n")
+        else:
+            read_write(c, envelope(rcpts))
+            c.send(b"250 sender ok\r\n250 data ok\r\n251 final forwarded\r\n250 mail ok\r\n354 go\r\n")
+            read_write(c, stuffed("m0"))
+            c.send(b"250 queued\r\n")
+        quit_ok(c)
+
+    with ScriptedServer(script, timeout=3) as srv:
+        with client(srv) as s:
+            [r] = list(s.send_many([(FROM, rcpts, msg("m0"))]))
+    assert r.status == "delivered", r
+    assert r.recipients == {"data": (250, b"data ok"), "final": (251, b"final forwarded"),
+                            "mail": (250, b"mail ok")}
+    assert r.reply == (250, b"queued")
