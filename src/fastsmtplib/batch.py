@@ -125,11 +125,14 @@ def _refusal_status(codes: Iterable[int]) -> str:
 # (a str), so these are ints: a recipient named "data" cannot pass for one.
 _RSET, _MAIL, _DATA, _FINAL, _DOT = range(5)
 
+#: Most payload bytes gathered into one write (one message always goes).
+_WRITE_BUDGET = 1 << 20
+
 
 class _Flight:
     """One message whose commands were written and whose replies are owed."""
 
-    __slots__ = ("result", "payload", "tags", "mail", "accepted", "body_sent", "final")
+    __slots__ = ("result", "payload", "tags", "mail", "accepted", "body_sent", "final", "dot_only")
 
     def __init__(self, result: SendResult, payload: bytes) -> None:
         self.result = result
@@ -139,6 +142,7 @@ class _Flight:
         self.accepted: list[str] = []
         self.body_sent = False
         self.final: list[tuple[int, bytes]] = []
+        self.dot_only = False  # the envelope failed, only "." ends the DATA
 
 
 def _unpack(item: Any) -> tuple[Any, Any, Any]:
@@ -152,7 +156,7 @@ def _unpack(item: Any) -> tuple[Any, Any, Any]:
 def send_many(
     conn: Any,
     messages: Iterable[Any],
-    window: int = 16,
+    window: int = 32,
     mail_options: Sequence[str] = (),
     rcpt_options: Sequence[str] = (),
 ) -> Iterator[SendResult]:
@@ -229,6 +233,7 @@ class _FastEnvelopes:
         self.size = esmtp and conn.has_extn("size")
         self.limit = _protocol.size_limit(conn.esmtp_features) if self.size else None
         self.plain = _protocol._PLAIN_ADDR.fullmatch
+        self.senders: dict[str, bytes] = {}
         self.usable = True
 
     def encode(self, from_addr: Any, to_addrs: Any, msg: Any) -> tuple[bytes, bytes, list[str]] | None:
@@ -241,9 +246,16 @@ class _FastEnvelopes:
             return None
         to_list = [to_addrs] if isinstance(to_addrs, str) else list(to_addrs)
         plain = self.plain
-        sender = plain(from_addr) if isinstance(from_addr, str) else None
-        if sender is None or not to_list:
+        if not isinstance(from_addr, str) or not to_list:
             return None
+        head = self.senders.get(from_addr)
+        if head is None:  # bulk mail has few senders: their MAIL head is kept
+            sender = plain(from_addr)
+            if sender is None:
+                return None
+            head = b"mail FROM:<%s>" % sender.group(1).encode("ascii")
+            if len(self.senders) < 64:
+                self.senders[from_addr] = head
         suffix = self.rcpt_suffix
         lines = [b""]
         for rcpt in to_list:
@@ -259,7 +271,6 @@ class _FastEnvelopes:
         limit = self.limit
         if limit is not None and size > limit:
             return None  # the general path raises SMTPMessageTooLarge
-        head = b"mail FROM:<%s>" % sender.group(1).encode("ascii")
         if self.size:
             head += b" size=%d" % size
         lines[0] = head + self.mail_suffix
@@ -404,6 +415,7 @@ class _Pipeline:
             if flight is not None:
                 self.body_next = None
                 parts.append(flight.payload)
+                flight.payload = b""  # sent: not kept while the reply is awaited
                 flight.body_sent = True
                 self.blocking -= 1
             # With BDAT, refill only once half the window has drained, so that
@@ -412,7 +424,10 @@ class _Pipeline:
                 room = self.window
             else:
                 room = 0
-            while not exhausted and self.blocking < room:
+            # Bytes bound too: a window of large messages must not become one
+            # huge write (and copy); the first message always goes.
+            budget = _WRITE_BUDGET
+            while not exhausted and self.blocking < room and budget > 0:
                 try:
                     index, item = next(source)
                 except StopIteration:
@@ -433,6 +448,7 @@ class _Pipeline:
                     result.status, result.exception = FAILED, exc
                     continue
                 self._queue(result, payload, wire, parts)
+                budget -= len(payload)
             while order and order[0].status:
                 yield order.popleft()
             if not self.flights:
@@ -478,6 +494,7 @@ class _Pipeline:
         if self.bdat:
             parts.append(b"BDAT %d LAST\r\n" % len(payload))
             parts.append(payload)
+            flight.payload = b""  # sent now: in-flight messages hold no payload
             flight.body_sent = True
             last = _FINAL
         else:
@@ -531,6 +548,7 @@ class _Pipeline:
                     # RFC 2920 §3.1: envelope failed yet DATA accepted: end the
                     # data at once, never send the body.
                     flight.payload = b".\r\n"
+                    flight.dot_only = True
                     tags.append(_DOT)
                     self.body_next = flight
                     return
@@ -629,7 +647,7 @@ class _Pipeline:
             if result.status:
                 continue
             result.exception = exc
-            result.status = UNCERTAIN if flight.body_sent and flight.payload != b".\r\n" else NOT_ATTEMPTED
+            result.status = UNCERTAIN if flight.body_sent and not flight.dot_only else NOT_ATTEMPTED
         self.flights.clear()
         self.blocking = 0
         self.body_next = None

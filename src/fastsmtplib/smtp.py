@@ -978,7 +978,7 @@ class SMTP:
         self,
         messages: Iterable[Any],
         *,
-        window: int = 16,
+        window: int = 32,
         mail_options: Sequence[str] = (),
         rcpt_options: Sequence[str] = (),
     ) -> Any:
@@ -990,9 +990,12 @@ class SMTP:
                 Message, ``from_addr``/``to_addrs`` may be None to take them
                 from its headers) or of Message objects alone.  It is consumed
                 lazily, so a generator of a million messages keeps memory flat.
-            window: most messages in flight at once with CHUNKING (with DATA
-                the body must wait for 354, so one envelope is in flight and
-                each message costs one round trip).
+            window: most messages in flight at once with CHUNKING; more are
+                written once half have been answered, at most 1 MiB of message
+                data a write.  With DATA the body must wait for 354, so one
+                envelope is in flight and each message costs one round trip.
+                A larger window is faster and leaves more messages uncertain
+                if the connection dies.
             mail_options, rcpt_options: as for ``sendmail``, for every message.
 
         Returns:

@@ -1305,3 +1305,27 @@ def test_recipients_named_like_commands(extensions):
     assert r.recipients == {"data": (250, b"data ok"), "final": (251, b"final forwarded"),
                             "mail": (250, b"mail ok")}
     assert r.reply == (250, b"queued")
+
+
+def test_bdat_window_is_bounded_in_bytes_too():
+    # 600 KB messages with window=16: a write gathers at most ~1 MiB of
+    # message data (the first message always goes), so two go, then the
+    # client waits for their replies before writing the third.
+    big = [b"Subject: big%d\r\n\r\n" % i + b"x" * 600_000 + b"\r\n" for i in range(3)]
+
+    def group(i, rset):
+        return envelope([f"r{i}@example.org"], rset=rset, data=False) + bdat(big[i])
+
+    def script(c):
+        c.handshake(["PIPELINING", "CHUNKING"])
+        assert c.read_exactly(len(group(0, False) + group(1, True))) == group(0, False) + group(1, True)
+        assert c.pending(0.1) == b"", "more than the byte budget in one write"
+        c.send(b"250 ok\r\n250 ok\r\n250 queued 0\r\n250 ok\r\n250 ok\r\n250 ok\r\n250 queued 1\r\n")
+        assert c.read_exactly(len(group(2, True))) == group(2, True)
+        c.send(b"250 ok\r\n250 ok\r\n250 ok\r\n250 queued 2\r\n")
+        quit_ok(c)
+
+    with ScriptedServer(script, timeout=5) as srv:
+        with client(srv) as s:
+            results = list(s.send_many([(FROM, f"r{i}@example.org", big[i]) for i in range(3)], window=16))
+    assert [r.reply for r in results] == [(250, b"queued 0"), (250, b"queued 1"), (250, b"queued 2")]
