@@ -165,6 +165,7 @@ class SMTP:
         # return value cannot carry: every RCPT reply, the final reply, and
         # whether the body went out (see batch._lockstep).
         self._record: dict[str, Any] | None = None
+        self._size_cache: tuple[str | None, int | None] | None = None
         self._parser = ReplyParser()
         self._replies: collections.deque[tuple[int, bytes]] = collections.deque()
         self._rbuf = bytearray(_RECV_SIZE)
@@ -476,7 +477,7 @@ class SMTP:
     def _mail_args(self, sender: str, options: Sequence[str]) -> str:
         optionlist = ""
         if options and self.does_esmtp:
-            if any(x.lower() == "smtputf8" for x in options):
+            if "smtputf8" in " ".join(options).lower() and any(x.lower() == "smtputf8" for x in options):
                 if self.has_extn("smtputf8"):
                     self.command_encoding = "utf-8"
                 else:
@@ -694,7 +695,7 @@ class SMTP:
         if isinstance(msg, str):
             msg = msg.encode("ascii")
         options = list(mail_options)
-        body = [o.split("=", 1)[1].upper() for o in options if o.upper().startswith("BODY=")]
+        body = [o.split("=", 1)[1].upper() for o in options if o.upper().startswith("BODY=")] if options else ()
         bdat = self._use_chunking()
         raw = False
         if body and body[-1] == "BINARYMIME":
@@ -716,12 +717,22 @@ class SMTP:
         esmtp_opts: list[str] = []
         if self.does_esmtp:
             if self.has_extn("size"):
-                limit = _protocol.size_limit(self.esmtp_features)
+                limit = self._size_limit()
                 if limit is not None and size > limit:
                     raise SMTPMessageTooLarge(size, limit, from_addr)
                 esmtp_opts.append("size=%d" % size)
             esmtp_opts.extend(options)
         return payload, bdat, esmtp_opts
+
+    def _size_limit(self) -> int | None:
+        """The advertised SIZE limit, parsed again only when its text changes."""
+        value = self.esmtp_features.get("size")
+        cached = self._size_cache
+        if cached is not None and cached[0] == value:  # also when edited by hand
+            return cached[1]
+        limit = _protocol.size_limit(self.esmtp_features)
+        self._size_cache = (value, limit)
+        return limit
 
     def sendmail(
         self,
