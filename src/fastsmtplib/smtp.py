@@ -67,6 +67,9 @@ _RECV_SIZE = 65536
 log = logging.getLogger("fastsmtplib")
 
 
+_DONTWAIT = getattr(_stdlib_socket, "MSG_DONTWAIT", 0)  # Linux, BSDs, macOS
+
+
 def _readable_now(sock: Any) -> bool:
     """True if ``sock`` has bytes (or end of file) to read right now."""
     if hasattr(select, "poll"):  # no FD_SETSIZE limit, unlike select()
@@ -808,16 +811,21 @@ class SMTP:
             # the socket readable too, so only decrypted bytes count.
             if not sock.pending() and not (_readable_now(sock) and self._read_nowait(sock)):
                 return
-        elif _readable_now(sock):
-            # Poll first: a socket with a timeout is non-blocking underneath,
-            # and CPython would wait out the timeout inside recv().
-            try:
-                if not sock.recv(1, _stdlib_socket.MSG_PEEK):
-                    return  # end of file: the next send or read reports it
-            except OSError:
-                return  # a broken socket: the next send or read reports it
         else:
-            return
+            if _DONTWAIT and sock.gettimeout() is None:
+                # A blocking socket: one non-blocking peek says it all.
+                flags = _stdlib_socket.MSG_PEEK | _DONTWAIT
+            elif _readable_now(sock):
+                # A socket with a timeout is non-blocking underneath, and
+                # CPython would wait out the timeout inside recv(): poll first.
+                flags = _stdlib_socket.MSG_PEEK
+            else:
+                return
+            try:
+                if not sock.recv(1, flags):
+                    return  # end of file: the next send or read reports it
+            except OSError:  # nothing there (EAGAIN), or a broken socket that
+                return  # the next send or read reports
         self._receive()
 
     def _read_nowait(self, sock: Any) -> bool:
