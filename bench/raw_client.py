@@ -16,6 +16,11 @@ import socket
 from fastsmtplib._wire import dot_stuff
 
 
+def envelope(from_addr: str, rcpts: list) -> bytes:
+    """MAIL and RCPT lines as fastsmtplib writes them for plain addresses."""
+    return b"mail FROM:<%s>\r\n" % from_addr.encode() + b"".join(b"rcpt TO:<%s>\r\n" % r.encode() for r in rcpts)
+
+
 class RawClient:
     def __init__(self, host: str, port: int, timeout: float = 30.0) -> None:
         self.sock = socket.create_connection((host, port), timeout=timeout)
@@ -42,8 +47,7 @@ class RawClient:
 
     def sendmail_batch(self, from_addr: str, rcpts: list, msg: str, n: int) -> None:
         """Like n x fastsmtplib sendmail(): envelope+DATA in one write, then the body."""
-        env = b"mail FROM:<%s>\r\n" % from_addr.encode() + b"".join(
-            b"rcpt TO:<%s>\r\n" % r.encode() for r in rcpts) + b"data\r\n"
+        env = envelope(from_addr, rcpts) + b"data\r\n"
         body = dot_stuff(msg.encode("ascii"))
         owed = 2 + len(rcpts)
         send, expect = self.sock.sendall, self._expect
@@ -55,8 +59,7 @@ class RawClient:
 
     def send_many_batch(self, from_addr: str, rcpts: list, msg: str, n: int) -> None:
         """Like fastsmtplib send_many() over DATA: each body shares a write with the next envelope."""
-        env = b"mail FROM:<%s>\r\n" % from_addr.encode() + b"".join(
-            b"rcpt TO:<%s>\r\n" % r.encode() for r in rcpts) + b"data\r\n"
+        env = envelope(from_addr, rcpts) + b"data\r\n"
         body = dot_stuff(msg.encode("ascii"))
         owed = 2 + len(rcpts)
         send, expect = self.sock.sendall, self._expect
@@ -81,8 +84,7 @@ def bdat_window_batch(client: RawClient, from_addr: str, rcpts: list, msg: str, 
     from fastsmtplib._wire import crlf_normalize
 
     payload = crlf_normalize(msg.encode("ascii"))
-    one = b"mail FROM:<%s>\r\n" % from_addr.encode() + b"".join(
-        b"rcpt TO:<%s>\r\n" % r.encode() for r in rcpts) + b"BDAT %d LAST\r\n" % len(payload) + payload
+    one = envelope(from_addr, rcpts) + b"BDAT %d LAST\r\n" % len(payload) + payload
     owed = 2 + len(rcpts)
     first = True
     sent = 0
