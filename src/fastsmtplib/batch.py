@@ -220,18 +220,15 @@ class _FastEnvelopes:
         upper = opts.upper()
         if "BODY=" in upper or "SMTPUTF8" in upper:
             return  # these change the payload or the encoding: general path
-        try:
-            self.mail_suffix = ((" " + opts) if opts else "").encode("ascii") + b"\r\n"
-            self.rcpt_suffix = ((" " + ropts) if ropts else "").encode("ascii") + b"\r\n"
-        except UnicodeEncodeError:
-            return
-        if b"\r" in self.mail_suffix[:-2] + self.rcpt_suffix[:-2] or b"\n" in self.mail_suffix[:-2] + self.rcpt_suffix[:-2]:
-            return  # the general path refuses each message with ValueError
+        if not (opts + ropts).isascii() or "\r" in opts + ropts or "\n" in opts + ropts:
+            return  # the general path refuses each message (UnicodeError, ValueError)
+        self.mail_suffix = ((" " + opts) if opts else "").encode("ascii") + b"\r\n"
+        self.rcpt_suffix = ((" " + ropts) if ropts else "").encode("ascii") + b"\r\n"
         self.bdat = conn._use_chunking()
         if self.bdat and conn.has_extn("binarymime"):
             return  # 8-bit bodies would need BODY=BINARYMIME: general path
         self.size = esmtp and conn.has_extn("size")
-        self.limit = _protocol.size_limit(conn.esmtp_features) if self.size else None
+        self.limit = conn._size_limit() if self.size else None
         self.plain = _protocol._PLAIN_ADDR.fullmatch
         self.senders: dict[str, bytes] = {}
         self.usable = True

@@ -22,9 +22,9 @@ import collections
 import datetime
 import hmac
 import logging
+import select
 import socket as _stdlib_socket
 import sys
-import select
 import time
 import warnings
 from typing import Any, Callable, Iterable, Sequence
@@ -65,8 +65,7 @@ _MAXCHALLENGE = 5
 _RECV_SIZE = 65536
 
 log = logging.getLogger("fastsmtplib")
-
-
+_DEBUG = logging.DEBUG
 _DONTWAIT = getattr(_stdlib_socket, "MSG_DONTWAIT", 0)  # Linux, BSDs, macOS
 
 
@@ -77,7 +76,6 @@ def _readable_now(sock: Any) -> bool:
         poller.register(sock, select.POLLIN)
         return bool(poller.poll(0))
     return bool(select.select([sock], [], [], 0)[0])
-_DEBUG = logging.DEBUG
 
 
 def _socket_module() -> Any:
@@ -480,7 +478,7 @@ class SMTP:
     def _mail_args(self, sender: str, options: Sequence[str]) -> str:
         optionlist = ""
         if options and self.does_esmtp:
-            if "smtputf8" in " ".join(options).lower() and any(x.lower() == "smtputf8" for x in options):
+            if any(x.lower() == "smtputf8" for x in options):
                 if self.has_extn("smtputf8"):
                     self.command_encoding = "utf-8"
                 else:
