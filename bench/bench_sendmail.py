@@ -361,6 +361,17 @@ if pytest is not None and "pytest" in sys.modules and hasattr(pytest, "fixture")
         """fastsmtplib: one send_many() of 200 messages, 1 KB, 1 recipient, one connection."""
         _bench(benchmark, sink, "fastsmtplib", CASES["d"])
 
+    # The ceiling beside each case: fastsmtplib's exchange from prebuilt bytes
+    # (bench/raw_client.py), same sink, same run.
+    @pytest.mark.parametrize("key", "abcd")
+    def test_raw_ceiling(benchmark, sink, key):
+        """raw socket, prebuilt bytes: what the exchange allows on this sink and core."""
+        _bench(benchmark, sink, "raw", CASES[key])
+
+    def test_e_raw_ceiling(benchmark, bdat_sink):
+        """raw socket, BDAT windows of 16 prebuilt transactions."""
+        _bench(benchmark, bdat_sink, "raw", CASES["e"])
+
     @pytest.fixture(scope="module")
     def bdat_sink():
         with PinnedBdatSink(cpu=0) as s:
