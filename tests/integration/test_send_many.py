@@ -1329,3 +1329,17 @@ def test_bdat_window_is_bounded_in_bytes_too():
         with client(srv) as s:
             results = list(s.send_many([(FROM, f"r{i}@example.org", big[i]) for i in range(3)], window=16))
     assert [r.reply for r in results] == [(250, b"queued 0"), (250, b"queued 1"), (250, b"queued 2")]
+
+
+def test_send_many_over_smtp_ssl(ssl_server, client_tls_context):
+    # Implicit TLS (SMTP_SSL): the unasked-reply check and every read go
+    # through the TLS layer; aiosmtpd offers no PIPELINING, so lock-step.
+    items = [(FROM, f"r{i}@example.org", msg(f"m{i}")) for i in range(3)]
+    with smtplib.SMTP_SSL(ssl_server.host, ssl_server.port, context=client_tls_context, timeout=10) as s:
+        results = list(s.send_many(items))
+        results += list(s.send_many(items[:1]))  # the connection stays usable
+    assert [r.status for r in results] == ["delivered"] * 4
+    assert all(r.reply[0] == 250 for r in results)
+    got = ssl_server.messages
+    assert [m.tls for m in got] == [True] * 4
+    assert [m.content for m in got] == [msg("m0"), msg("m1"), msg("m2"), msg("m0")]
