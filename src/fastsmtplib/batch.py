@@ -4,7 +4,10 @@ With PIPELINING (RFC 2920) each write carries the previous message's body and
 the next message's whole envelope (MAIL, RCPTs, DATA), so a message costs one
 round trip instead of stdlib's four.  With CHUNKING (RFC 3030) nothing waits for
 a 354: up to ``window`` messages (envelope, ``BDAT n LAST`` and body) are in
-flight at once.  Without PIPELINING the messages go one by one, lock-step.
+flight at once, and more are written once half of them are answered, so each
+write and each read carries many messages.  Without PIPELINING the messages go
+one by one, lock-step.  A caller that stops iterating while messages are in
+flight gets the connection closed: their replies can no longer be paired.
 
 Every message ends in exactly one reported state (``SendResult.status``):
 
