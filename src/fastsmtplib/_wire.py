@@ -2,25 +2,17 @@
 
 ``FASTSMTPLIB_NO_EXTENSIONS=1`` (any value but empty, ``0``, ``false``, ``no``,
 ``off``) forces the pure-Python twin at import time, as it does at build time.
-Both twins expose the same names with the same behaviour (see ``_wire_py``).
+Both twins expose the same names with the same behaviour (see ``_wire_py``);
+this module exports those names (``_wire_py.__all__``) plus its own two.
 """
 
 from __future__ import annotations
 
 import os
 
-__all__ = [
-    "HAS_EXTENSIONS",
-    "MAXLINE",
-    "MAX_REPLY_BYTES",
-    "MAX_REPLY_LINES",
-    "ReplyLimitError",
-    "ReplyParser",
-    "crlf_normalize",
-    "dot_stuff",
-    "dot_stuff_sized",
-    "env_flag",
-]
+from . import _wire_py
+
+__all__ = ["HAS_EXTENSIONS", "env_flag", *_wire_py.__all__]
 
 
 def env_flag(name: str) -> bool:

@@ -1,7 +1,9 @@
 """Typed contract of the byte kernels (``_wire_c`` and its pure twin ``_wire_py``).
 
 Both modules expose exactly these names with exactly this behaviour; the
-docstrings of ``fastsmtplib._wire_py`` are the reference.
+docstrings of ``fastsmtplib._wire_py`` are the reference.  ``__all__`` here
+repeats ``_wire_py.__all__`` for type checkers (tests/unit/test_twins.py checks
+that it and the signatures below match).
 """
 
 from typing import Final

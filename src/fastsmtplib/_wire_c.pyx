@@ -1,10 +1,18 @@
-# cython: language_level=3
+# cython: language_level=3, binding=True
 """Byte kernels, compiled twin.
 
 This module must behave exactly like ``fastsmtplib._wire_py``: same names, same
 results, same exceptions for every input.  ``_wire_py`` is the reference and its
 docstrings are the contract (typed in ``_wire_c.pyi``); the test-suite runs every
 kernel test against both and crosses them with hypothesis.  Only speed differs.
+
+One place for what the twins share: ``__all__`` is imported from ``_wire_py``,
+and so are the docstrings (see the end of this file).  ``binding=True`` (the
+default since Cython 3, stated because this relies on it) makes the functions
+and methods cyfunctions, which ``inspect.signature`` reads like Python functions
+and whose ``__doc__`` is writable.  The class's ``__init__`` is a C slot with no
+signature of its own: its signature is written at the head of the class
+docstring (see ``ReplyParser``).
 
 All loops walk ``const unsigned char*`` pointers between a start and an ``end``
 pointer taken from the buffer's own length, so there is no indexing to bounds
@@ -21,16 +29,7 @@ from libc.stdint cimport uint64_t
 from libc.string cimport memchr, memcmp, memcpy
 
 from fastsmtplib._wire_py import MAX_REPLY_BYTES, MAX_REPLY_LINES, MAXLINE, ReplyLimitError
-
-__all__ = [
-    "MAXLINE",
-    "MAX_REPLY_LINES",
-    "MAX_REPLY_BYTES",
-    "ReplyLimitError",
-    "ReplyParser",
-    "dot_stuff",
-    "crlf_normalize",
-]
+from fastsmtplib._wire_py import __all__
 
 cdef extern from "Python.h":
     # Raw-pointer spellings: the output is created uninitialised, filled in
@@ -246,33 +245,20 @@ cdef object _encode_obj(object data, bint stuff, Py_ssize_t* dots):
 
 
 def dot_stuff(data):
-    """Encode a message for DATA (RFC 5321 §4.5.2) in one call.
-
-    Every line end (CRLF, bare CR, bare LF) becomes CRLF, a dot is doubled at
-    the start of every line, a final CRLF is added unless the message ends with
-    one, and the terminator ``.\\r\\n`` is appended.
-    """
+    """See fastsmtplib._wire_py.dot_stuff."""
     cdef Py_ssize_t dots
     return _encode_obj(data, True, &dots)
 
 
 def dot_stuff_sized(data):
-    """``(dot_stuff(data), size)``: size is the message's RFC 1870 size.
-
-    The size counts the octets with line ends normalised, without the added
-    dots and the terminator (what SIZE declares), counted while encoding.
-    """
-    cdef Py_ssize_t dots = 0
+    """See fastsmtplib._wire_py.dot_stuff_sized."""
+    cdef Py_ssize_t dots = 0  # dots added by stuffing, counted while encoding
     payload = _encode_obj(data, True, &dots)
     return payload, len(payload) - 3 - dots
 
 
 def crlf_normalize(data):
-    """Encode a message for BDAT (RFC 3030): line ends normalised, no stuffing.
-
-    Every line end becomes CRLF and a final CRLF is added unless the message
-    ends with one.
-    """
+    """See fastsmtplib._wire_py.crlf_normalize."""
     cdef Py_ssize_t dots
     return _encode_obj(data, False, &dots)
 
@@ -338,18 +324,10 @@ cdef Py_ssize_t _clamp(object limit) except -1:
 
 
 cdef class ReplyParser:
-    """Incremental SMTP reply parser.
-
-    Args:
-        max_line: longest line accepted, line end included.
-        max_lines: most lines in one reply.
-        max_bytes: most bytes in one reply.
-
-    ``feed(data)`` returns a list of ``(code, message)`` tuples, one per reply
-    completed by ``data`` (possibly empty), and keeps any incomplete tail.
-    Raises ``ReplyLimitError`` as soon as a limit is broken, even before the
-    offending line is complete, so memory stays bounded whatever is received.
-    """
+    # A docstring that starts "Name(...)\n--\n\n" gives the type a
+    # __text_signature__ (what inspect.signature reads, defaults evaluated in
+    # this module); __doc__ is the rest.  Keep it the twin's __init__ signature.
+    "ReplyParser(max_line=MAXLINE, max_lines=MAX_REPLY_LINES, max_bytes=MAX_REPLY_BYTES)\n--\n\nSee fastsmtplib._wire_py.ReplyParser."
 
     cdef public Py_ssize_t max_line
     cdef public Py_ssize_t max_lines
@@ -388,22 +366,22 @@ cdef class ReplyParser:
             Py_XDECREF(self._memo_reply[i])
 
     def reset(self):
-        """Forget everything buffered (used after STARTTLS, RFC 3207 §4.2)."""
+        """See fastsmtplib._wire_py.ReplyParser.reset."""
         self._tail_len = 0
         self._new_reply()
 
     @property
     def pending(self):
-        """Bytes received that belong to a reply not yet complete."""
+        """See fastsmtplib._wire_py.ReplyParser.pending."""
         return self._tail_len + self._nbytes
 
     @property
     def in_reply(self):
-        """True when part of a reply has been received but not all of it."""
+        """See fastsmtplib._wire_py.ReplyParser.in_reply."""
         return self._tail_len > 0 or self._ntexts > 0
 
     def feed(self, data):
-        """Consume ``data``; return every reply it completes, in order."""
+        """See fastsmtplib._wire_py.ReplyParser.feed."""
         cdef Py_buffer view
         if PyBytes_CheckExact(data):
             return self._feed(<const unsigned char*>PyBytes_AS_STRING(data),
@@ -552,3 +530,25 @@ cdef class ReplyParser:
         reply = (_CODES[code] if code >= 0 else -1, (<char*>self._text)[:self._text_len])
         self._new_reply()
         return reply
+
+
+# --------------------------------------------------------------------------
+# Docstrings: the twin's are the contract, kept in one place.  Functions and
+# methods are cyfunctions (binding=True), whose __doc__ is writable: they take
+# over the twin's docstring at import, so help() reads the same on both.  The
+# class and its properties belong to a static type whose docs are fixed at
+# compile time; they keep their one line pointing to the twin.
+
+
+def _adopt_docs(twin):
+    cyfunction = type(_adopt_docs)
+    for ours, theirs in ((globals(), vars(twin)), (ReplyParser.__dict__, vars(twin.ReplyParser))):
+        for name, fn in ours.items():
+            if type(fn) is cyfunction and not name.startswith("_"):
+                fn.__doc__ = theirs[name].__doc__
+
+
+import fastsmtplib._wire_py as _twin  # noqa: E402
+
+_adopt_docs(_twin)
+del _adopt_docs, _twin

@@ -10,7 +10,11 @@ Two jobs live here, both pure byte work with no policy:
 * ``ReplyParser``: an incremental SMTP reply parser.  ``feed()`` takes whatever
   ``recv`` returned and gives back *every* complete reply in it, so a pipelined
   group of replies costs one call.
-* ``dot_stuff`` / ``crlf_normalize``: one-pass DATA and BDAT encoders.
+* ``dot_stuff`` / ``dot_stuff_sized`` / ``crlf_normalize``: one-pass DATA and
+  BDAT encoders.
+
+``__all__`` below is the list of names for both twins (``_wire_c`` imports it)
+and for the selector ``_wire``.
 
 Reply syntax (RFC 5321 §4.2): a line is three digits followed by SP, ``-`` or
 the end of the line; ``-`` means more lines follow, and every line of one reply
