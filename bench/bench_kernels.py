@@ -3,7 +3,7 @@
 Run: ``python -m pytest bench/ -p no:cacheprovider`` (``bench/conftest.py``
 collects ``bench_*.py``).  Each group holds one measured thing for every
 implementation; ``extra_info`` carries the throughput at the median round
-(MB/s of input, or replies/s).  Nothing here asserts a timing.
+(MB/s of input, replies/s, or calls/s).  Nothing here asserts a timing.
 """
 
 from __future__ import annotations
@@ -287,3 +287,54 @@ def test_reply_ehlo_compiled(benchmark):
     run = _feed_each(_compiled(), [EHLO] * N_EHLO)
     assert run()[0][0] == 250
     _measure(benchmark, G_EHLO, run, units=N_EHLO, unit="replies/s")
+
+
+# ---------------------------------------------------------------------------
+# Envelope: the MAIL line and every RCPT line for plain addresses, one call.
+# Reference: what the general path does, quoteaddr on each address and a join.
+
+ENVELOPE_FROM = "<newsletter-bounces+id=4711@lists.example.com>"
+ENVELOPE_TO = [f"reader.{i:04d}@mail-{i % 7}.example.org" for i in range(20)]
+MAIL_PARAMS = b" size=20480 BODY=8BITMIME"
+RCPT_PARAMS = b" NOTIFY=FAILURE"
+
+
+def _envelope_reference(from_addr, to_addrs):
+    from fastsmtplib._protocol import quoteaddr
+
+    return b"".join(
+        [("mail FROM:%s" % quoteaddr(from_addr)).encode() + MAIL_PARAMS + b"\r\n"]
+        + [("rcpt TO:%s" % quoteaddr(r)).encode() + RCPT_PARAMS + b"\r\n" for r in to_addrs]
+    )
+
+
+def _envelope_bench(benchmark, encode, nrcpt: int):
+    to = ENVELOPE_TO[:nrcpt]
+    assert encode(ENVELOPE_FROM, to, MAIL_PARAMS, RCPT_PARAMS) == _envelope_reference(ENVELOPE_FROM, to)
+    n = 1000  # calls per round
+
+    def run():
+        for _ in repeat(None, n):
+            encode(ENVELOPE_FROM, to, MAIL_PARAMS, RCPT_PARAMS)
+
+    _measure(benchmark, f"envelope: {nrcpt} recipient(s), 1000 calls", run, units=n, unit="calls/s")
+
+
+@pytest.mark.parametrize("nrcpt", [1, 20])
+def test_envelope_quoteaddr(benchmark, nrcpt):
+    """General path: _protocol.quoteaddr per address, format, encode, join."""
+    _envelope_bench(
+        benchmark, lambda f, to, mp, rp: _envelope_reference(f, to), nrcpt
+    )
+
+
+@pytest.mark.parametrize("nrcpt", [1, 20])
+def test_envelope_pure(benchmark, nrcpt):
+    """_wire_py.encode_envelope (one regex fullmatch over the NUL-joined addresses)."""
+    _envelope_bench(benchmark, _wire_py.encode_envelope, nrcpt)
+
+
+@pytest.mark.parametrize("nrcpt", [1, 20])
+def test_envelope_compiled(benchmark, nrcpt):
+    """_wire_c.encode_envelope (byte loop over each str, one allocation)."""
+    _envelope_bench(benchmark, _compiled().encode_envelope, nrcpt)

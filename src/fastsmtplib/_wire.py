@@ -24,14 +24,26 @@ def env_flag(name: str) -> bool:
 HAS_EXTENSIONS = False
 if not env_flag("FASTSMTPLIB_NO_EXTENSIONS"):
     try:
-        from ._wire_c import ReplyParser, crlf_normalize, dot_stuff, dot_stuff_sized
+        from ._wire_c import (
+            ReplyParser,
+            crlf_normalize,
+            dot_stuff,
+            dot_stuff_sized,
+            encode_envelope,
+        )
     except ImportError:
         pass
     else:
         HAS_EXTENSIONS = True
 
 if not HAS_EXTENSIONS:
-    from ._wire_py import ReplyParser, crlf_normalize, dot_stuff, dot_stuff_sized  # noqa: F811
+    from ._wire_py import (  # noqa: F811
+        ReplyParser,
+        crlf_normalize,
+        dot_stuff,
+        dot_stuff_sized,
+        encode_envelope,
+    )
 
 # Limits and the error class are plain Python in both modes (policy, not bytes).
 from ._wire_py import MAX_REPLY_BYTES, MAX_REPLY_LINES, MAXLINE, ReplyLimitError  # noqa: E402

@@ -21,6 +21,7 @@ __all__ = [
     "dot_stuff",
     "dot_stuff_sized",
     "crlf_normalize",
+    "encode_envelope",
 ]
 
 MAXLINE: Final[int]
@@ -62,3 +63,11 @@ def dot_stuff_sized(data: ReadableBuffer) -> tuple[bytes, int]:
 
 def crlf_normalize(data: ReadableBuffer) -> bytes:
     """Encode a message for BDAT: CRLF line ends, final CRLF ensured."""
+
+def encode_envelope(
+    from_addr: str,
+    to_addrs: list[str] | tuple[str, ...],
+    mail_params: ReadableBuffer,
+    rcpt_params: ReadableBuffer,
+) -> bytes | None:
+    """The MAIL line and every RCPT line of an envelope of plain addresses, else None."""

@@ -16,15 +16,26 @@ docstring (see ``ReplyParser``).
 
 All loops walk ``const unsigned char*`` pointers between a start and an ``end``
 pointer taken from the buffer's own length, so there is no indexing to bounds
-check; every read is guarded by ``< end`` and every write stays inside an output
-that was allocated at its proven worst-case size (see ``_encode``).
+check (but for 256-entry tables indexed by a byte); every read is guarded by
+``< end`` and every write stays inside an output that was allocated at its
+proven worst-case size (see ``_encode``) or at its exact size, added up in a
+first pass (see ``encode_envelope``).
 """
 
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_GET_SIZE
+from cpython.bytes cimport (
+    PyBytes_AS_STRING,
+    PyBytes_CheckExact,
+    PyBytes_FromStringAndSize,
+    PyBytes_GET_SIZE,
+)
+from cpython.list cimport PyList_Check
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.ref cimport Py_INCREF, Py_XDECREF, PyObject
+from cpython.sequence cimport PySequence_Fast, PySequence_Fast_GET_ITEM, PySequence_Fast_GET_SIZE
+from cpython.tuple cimport PyTuple_Check
+from cpython.unicode cimport PyUnicode_1BYTE_DATA, PyUnicode_Check, PyUnicode_GET_LENGTH
 from libc.stdint cimport uint64_t
 from libc.string cimport memchr, memcmp, memcpy
 
@@ -530,6 +541,172 @@ cdef class ReplyParser:
         reply = (_CODES[code] if code >= 0 else -1, (<char*>self._text)[:self._text_len])
         self._new_reply()
         return reply
+
+
+# --------------------------------------------------------------------------
+# Envelope encoder
+
+
+cdef extern from *:
+    """
+    /* 1 when str s is all ASCII (its characters are then one byte each, and
+       those bytes are its ASCII encoding), else 0; -1 on error.  Strings made
+       by the legacy Unicode API before 3.12 must be made ready first. */
+    static inline int fsl_str_is_ascii(PyObject *s)
+    {
+    #if PY_VERSION_HEX < 0x030C0000
+        if (PyUnicode_READY(s) < 0)
+            return -1;
+    #endif
+        return PyUnicode_IS_ASCII(s) ? 1 : 0;
+    }
+    """
+    int _str_is_ascii "fsl_str_is_ascii"(object s) except -1
+
+
+cdef enum:
+    LT = 60  # '<'
+    GT = 62  # '>'
+    AT = 64  # '@'
+    # Address character classes (bits of _ADDR_CHAR).
+    ATEXT = 1  # atext (RFC 5321 §4.1.2): may be in a local-part atom
+    LABEL = 2  # may be in a domain label (letters, digits, '-')
+    # Lengths of the fixed parts of the envelope lines.
+    MAIL_HEAD_LEN = 11  # b"mail FROM:<"
+    RCPT_HEAD_LEN = 9  # b"rcpt TO:<"
+    TAIL_LEN = 3  # b">" before the parameters, b"\r\n" after them
+
+cdef const char* MAIL_HEAD = b"mail FROM:<"
+cdef const char* RCPT_HEAD = b"rcpt TO:<"
+
+# Class bits of every byte value; 0 for anything that can't be in an address.
+cdef unsigned char _ADDR_CHAR[256]
+
+
+cdef void _fill_addr_chars() noexcept:
+    cdef unsigned char c
+    for c in b"!#$%&'*+/=?^_`{|}~":
+        _ADDR_CHAR[c] = ATEXT
+    for c in b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-":
+        _ADDR_CHAR[c] = ATEXT | LABEL
+
+
+_fill_addr_chars()
+
+
+cdef bint _plain_addr(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    """True when ``p[:n]`` is a bare plain address: a dot-atom, '@', a domain."""
+    cdef const unsigned char* end = p + n
+    # Local part: atoms of atext joined by single dots.
+    while True:
+        if p == end or not (_ADDR_CHAR[p[0]] & ATEXT):
+            return False  # empty atom: empty local part, or a dot misplaced
+        p += 1
+        while p < end and (_ADDR_CHAR[p[0]] & ATEXT):
+            p += 1
+        if p == end or p[0] != DOT:
+            break
+        p += 1
+    if p == end or p[0] != AT:
+        return False
+    p += 1
+    # Domain: labels of letters, digits and '-' joined by single dots.
+    while True:
+        if p == end or not (_ADDR_CHAR[p[0]] & LABEL):
+            return False  # empty label
+        p += 1
+        while p < end and (_ADDR_CHAR[p[0]] & LABEL):
+            p += 1
+        if p == end:
+            return True
+        if p[0] != DOT:
+            return False
+        p += 1
+
+
+cdef inline Py_ssize_t _strip_brackets(object s, const unsigned char** addr) noexcept:
+    """Length of ASCII str ``s`` without one pair of enclosing angle brackets,
+    with ``addr[0]`` set to the first character after the '<' if any."""
+    cdef const unsigned char* p = PyUnicode_1BYTE_DATA(s)
+    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(s)
+    if n >= 2 and p[0] == LT and p[n - 1] == GT:
+        p += 1
+        n -= 2
+    addr[0] = p
+    return n
+
+
+cdef Py_ssize_t _path_addr(object s, const unsigned char** addr) except -2:
+    """Length of the address in ``s`` when ``s`` is a plain path (a plain
+    address, bare or in one pair of angle brackets), with ``addr[0]`` set to
+    its first character; -1 when it is not (or not a str)."""
+    if not PyUnicode_Check(s) or not _str_is_ascii(s):
+        return -1
+    cdef Py_ssize_t n = _strip_brackets(s, addr)
+    # A '<' or '>' left over (unbalanced, doubled) is not atext: refused here.
+    return n if _plain_addr(addr[0], n) else -1
+
+
+cdef inline char* _put(char* o, const void* src, Py_ssize_t n) noexcept nogil:
+    memcpy(o, src, <size_t>n)
+    return o + n
+
+
+cdef inline char* _put_line(char* o, const char* head, Py_ssize_t head_len,
+                            const unsigned char* addr, Py_ssize_t n,
+                            object params) noexcept:
+    """Write ``head + addr[:n] + b">" + params + b"\\r\\n"`` (params: exact bytes)."""
+    o = _put(o, head, head_len)
+    o = _put(o, addr, n)
+    o[0] = GT
+    o = _put(o + 1, PyBytes_AS_STRING(params), PyBytes_GET_SIZE(params))
+    o[0] = CR
+    o[1] = LF
+    return o + 2
+
+
+def encode_envelope(from_addr, to_addrs, mail_params, rcpt_params):
+    """See fastsmtplib._wire_py.encode_envelope."""
+    cdef const unsigned char* addr
+    cdef Py_ssize_t n, i, nrcpt, total, line
+    cdef char* o
+    if not PyBytes_CheckExact(mail_params):
+        mail_params = memoryview(mail_params).tobytes()
+    if not PyBytes_CheckExact(rcpt_params):
+        rcpt_params = memoryview(rcpt_params).tobytes()
+    if not (PyList_Check(to_addrs) or PyTuple_Check(to_addrs)):
+        return None
+    # The list or tuple itself, or (for a subclass) a list of the items its
+    # iterator gives, as ``[from_addr, *to_addrs]`` in the twin.
+    rcpts = PySequence_Fast(to_addrs, b"to_addrs")
+    nrcpt = PySequence_Fast_GET_SIZE(rcpts)
+
+    # Pass 1: check every address and add up the output's length.
+    n = _path_addr(from_addr, &addr)
+    if n < 0:
+        return None
+    total = MAIL_HEAD_LEN + n + TAIL_LEN + PyBytes_GET_SIZE(mail_params)
+    line = RCPT_HEAD_LEN + TAIL_LEN + PyBytes_GET_SIZE(rcpt_params)  # without the address
+    for i in range(nrcpt):
+        n = _path_addr(<object>PySequence_Fast_GET_ITEM(rcpts, i), &addr)
+        if n < 0:
+            return None
+        if n > PY_SSIZE_T_MAX - line - total:
+            raise MemoryError()
+        total += line + n
+
+    # Pass 2: write the lines into a bytes object of exactly that length.  No
+    # Python code runs between the passes (the only allocation is a bytes
+    # object, which the garbage collector does not track, so it cannot start a
+    # collection), so the items and their lengths are still those of pass 1.
+    out = PyBytes_FromStringAndSize(NULL, total)
+    o = PyBytes_AS_STRING(out)
+    n = _strip_brackets(from_addr, &addr)
+    o = _put_line(o, MAIL_HEAD, MAIL_HEAD_LEN, addr, n, mail_params)
+    for i in range(nrcpt):
+        n = _strip_brackets(<object>PySequence_Fast_GET_ITEM(rcpts, i), &addr)
+        o = _put_line(o, RCPT_HEAD, RCPT_HEAD_LEN, addr, n, rcpt_params)
+    return out
 
 
 # --------------------------------------------------------------------------

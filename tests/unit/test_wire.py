@@ -822,6 +822,7 @@ def test_extension_loaded():
     for name in _wire_py.__all__:
         assert getattr(selector, name) is getattr(compiled, name), name
     assert selector.ReplyParser is not _wire_py.ReplyParser
+    assert selector.encode_envelope is not _wire_py.encode_envelope
     assert selector.ReplyLimitError is _wire_py.ReplyLimitError
 
 
