@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import email.utils
 import re
+from typing import Mapping, NamedTuple
 
 from ._wire import dot_stuff
 
@@ -33,6 +34,7 @@ __all__ = [
     "parse_ehlo",
     "size_limit",
     "is_positive",
+    "Capabilities",
 ]
 
 CRLF = "\r\n"
@@ -186,3 +188,49 @@ def size_limit(features: dict[str, str]) -> int | None:
 def is_positive(code: int) -> bool:
     """True for a 2xx completion reply."""
     return 200 <= code <= 299
+
+
+class Capabilities(NamedTuple):
+    """What a server offered in its EHLO/LHLO reply, parsed once (immutable).
+
+    ``esmtp`` is False after a HELO (no extensions may be used).  ``size`` is
+    None when SIZE was not offered, 0 when offered without a fixed maximum
+    (RFC 1870 §4), else the limit.  ``enhanced`` is ENHANCEDSTATUSCODES
+    (RFC 2034): replies then carry a class.subject.detail code, which the
+    engine uses to tell a reply to MAIL/RCPT (subject 1, addressing) from one
+    to the end of data or RSET.
+    """
+
+    esmtp: bool = False
+    pipelining: bool = False
+    chunking: bool = False
+    binarymime: bool = False
+    eightbitmime: bool = False
+    smtputf8: bool = False
+    dsn: bool = False
+    enhanced: bool = False
+    starttls: bool = False
+    size: "int | None" = None
+    auth: "tuple[str, ...]" = ()
+
+    @classmethod
+    def from_features(cls, features: Mapping[str, str], esmtp: bool = True) -> "Capabilities":
+        """Capabilities from ``parse_ehlo``'s dict (``SMTP.esmtp_features``)."""
+        if not esmtp:
+            return cls()
+        size = None
+        if "size" in features:
+            size = size_limit(features) or 0
+        return cls(
+            esmtp=True,
+            pipelining="pipelining" in features,
+            chunking="chunking" in features,
+            binarymime="binarymime" in features,
+            eightbitmime="8bitmime" in features,
+            smtputf8="smtputf8" in features,
+            dsn="dsn" in features,
+            enhanced="enhancedstatuscodes" in features,
+            starttls="starttls" in features,
+            size=size,
+            auth=tuple(features.get("auth", "").upper().split()),
+        )

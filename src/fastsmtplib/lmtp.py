@@ -111,21 +111,8 @@ class LMTP(SMTP):
                 break
         return out
 
-    def _finish_message(self, senderrs: dict[str, tuple[int, bytes]], to_addrs: list[str]) -> dict[str, tuple[int, bytes]]:
-        accepted = [r for r in to_addrs if r not in senderrs]
-        replies = self._read_recipient_replies(accepted)
-        delivered = 0
-        last = (0, b"")
-        for rcpt, (code, resp) in replies:
-            if code == 250:
-                delivered += 1
-            else:
-                senderrs[rcpt] = (code, resp)
-                last = (code, resp)
-        for rcpt in accepted[len(replies):]:  # server closed before answering these
-            senderrs[rcpt] = (421, b"connection closed before this recipient's reply")
-        if not delivered:
-            err = SMTPDataError(*last)
-            err.recipients = senderrs  # type: ignore[attr-defined]
-            raise err
-        return senderrs
+    _lmtp = True
+
+    def _sent(self, result: Any) -> None:
+        # RFC 2033 §4.2: the replies after the data, one per accepted recipient.
+        self.data_replies = list(result.data_replies)

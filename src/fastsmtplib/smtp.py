@@ -22,7 +22,9 @@ import collections
 import datetime
 import hmac
 import logging
+import os
 import select
+import struct
 import socket as _stdlib_socket
 import sys
 import time
@@ -32,7 +34,9 @@ from typing import Any, Callable, Iterable, Sequence
 import fastsmtplib as _pkg
 
 from . import _message, _protocol
-from ._wire import ReplyLimitError, ReplyParser, crlf_normalize, dot_stuff, dot_stuff_sized
+from ._engine import DELIVERED, PARTIAL, RFC5321_TIMEOUTS, Engine, SendResult
+from ._protocol import Capabilities
+from ._wire import ReplyLimitError, ReplyParser, dot_stuff
 from .errors import (
     SMTPAuthenticationError,
     SMTPConnectError,
@@ -67,6 +71,23 @@ _RECV_SIZE = 65536
 log = logging.getLogger("fastsmtplib")
 _DEBUG = logging.DEBUG
 _DONTWAIT = getattr(_stdlib_socket, "MSG_DONTWAIT", 0)  # Linux, BSDs, macOS
+
+
+_RAW_IO = hasattr(os, "readv") and hasattr(_stdlib_socket, "SO_RCVTIMEO") and sys.platform.startswith("linux")
+_readv = getattr(os, "readv", None)
+_os_write = os.write
+_monotonic = time.monotonic
+
+
+def _set_sock_timeouts(sock: Any, seconds: float) -> None:
+    """SO_RCVTIMEO and SO_SNDTIMEO (0: none) on a blocking socket."""
+    sec = int(seconds)
+    usec = int((seconds - sec) * 1e6)
+    if sec == 0 and usec == 0 and seconds > 0:
+        usec = 1
+    tv = struct.pack("@ll", sec, usec)
+    sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_RCVTIMEO, tv)
+    sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_SNDTIMEO, tv)
 
 
 def _readable_now(sock: Any) -> bool:
@@ -162,15 +183,21 @@ class SMTP:
         self._auth_challenge_count = 0
         self._local_hostname = local_hostname
         self._redact = False  # True while AUTH secrets are on the wire
-        # send_many's lock-step path sets a dict here to learn what sendmail's
-        # return value cannot carry: every RCPT reply, the final reply, and
-        # whether the body went out (see batch._lockstep).
-        self._record: dict[str, Any] | None = None
-        self._size_cache: tuple[str | None, int | None] | None = None
+        self._caps_cache: tuple[Any, Capabilities] | None = None
+        self._eng: Engine | None = None
+        self._eng_key: tuple[int, bool, bool] | None = None
         self._parser = ReplyParser()
         self._replies: collections.deque[tuple[int, bytes]] = collections.deque()
         self._rbuf = bytearray(_RECV_SIZE)
         self._rview = memoryview(self._rbuf)
+        self._rbufs = (self._rview,)
+        # Direct fd I/O (see _raw_fd): the socket it was set up for, its fd
+        # (-1: use the socket's methods), its timeout then, SO_RCVTIMEO now.
+        self._raw_sock: Any = None
+        self._raw = -1
+        self._raw_timeout: float | None = None
+        self._rcvtimeo: float | None = None
+        self._poller: Any = None
         if host:
             code, msg = self.connect(host, port)
             if code != 220:
@@ -308,6 +335,9 @@ class SMTP:
             sock = self.sock
             self.sock = None
             self._reset_reader()
+            self._raw_sock = None
+            self._raw = -1
+            self._eng = None
             if sock:
                 sock.close()
 
@@ -321,17 +351,11 @@ class SMTP:
         """Send ``s`` (str is encoded with ``command_encoding``) to the server."""
         if self.debuglevel > 0 or log.isEnabledFor(_DEBUG):
             self._trace("send:", s)
-        if self.sock:
-            if isinstance(s, str):
-                s = s.encode(self.command_encoding)
-            sys.audit("smtplib.send", self, s)
-            try:
-                self.sock.sendall(s)
-            except OSError:
-                self.close()
-                raise SMTPServerDisconnected("Server not connected") from None
-        else:
+        if not self.sock:
             raise SMTPServerDisconnected("please run connect() first")
+        if isinstance(s, str):
+            s = s.encode(self.command_encoding)
+        self._write(s, traced=True)
 
     def putcmd(self, cmd: str, args: str = "") -> None:
         """Send one command; ``ValueError`` (nothing sent) if it holds CR or LF."""
@@ -358,51 +382,139 @@ class SMTP:
         return code, msg
 
     def _receive(self) -> None:
-        """Read until at least one whole reply is parsed into ``self._replies``.
+        """Read until at least one whole reply is parsed into ``self._replies``."""
+        self._replies.extend(self._read_replies())
 
-        The first ``recv`` waits as long as the socket's timeout allows; once
-        part of a reply has arrived, the rest must arrive before the same
-        timeout runs out counted from the start, so a server that drips bytes
-        cannot hold the client for longer than one timeout.
+    # -- transaction I/O ---------------------------------------------------------
+    #
+    # CPython polls before every recv/send on a socket with a timeout (one extra
+    # syscall each).  On a plain socket the fd is made blocking once, with the
+    # timeout as SO_RCVTIMEO/SO_SNDTIMEO, and read with readv: a read that
+    # finds its reply costs one syscall, and poll runs only after a partial
+    # reply (to keep the whole-reply deadline) or when the fd is non-blocking
+    # after all (someone called settimeout).  TLS sockets and test doubles use
+    # their own methods.
+
+    def _raw_fd(self, sock: Any) -> int:
+        """The fd to read and write directly, or -1 to use ``sock``'s methods."""
+        if sock is self._raw_sock:
+            if sock.gettimeout() == self._raw_timeout:
+                return self._raw
+        self._raw_sock = sock
+        self._raw = -1
+        self._raw_timeout = timeout = sock.gettimeout()
+        self._rcvtimeo = None
+        if type(sock) is not _stdlib_socket.socket or not _RAW_IO:
+            return -1
+        try:
+            fd = sock.fileno()
+            if timeout is not None:
+                _set_sock_timeouts(sock, timeout)
+                self._rcvtimeo = timeout
+                os.set_blocking(fd, True)
+        except (OSError, ValueError, AttributeError):
+            return -1
+        self._poller = select.poll()
+        self._poller.register(fd, select.POLLIN)
+        self._raw = fd
+        return fd
+
+    def _set_bulk_timeout(self, seconds: float | None) -> None:
+        """Bulk sending without a caller's timeout: RFC 5321 §4.5.3.2's per reply."""
+        sock = self.sock
+        if sock is None or self._raw_fd(sock) < 0 or self._raw_timeout is not None:
+            return
+        if seconds != self._rcvtimeo:
+            try:
+                _set_sock_timeouts(sock, seconds or 0.0)
+            except OSError:
+                return
+            self._rcvtimeo = seconds
+
+    def _read_replies(self) -> list[tuple[int, bytes]]:
+        """Read until at least one whole reply is parsed; return every one parsed.
+
+        The first read waits as long as the timeout allows; once part of a
+        reply has arrived, the rest must arrive within the same timeout counted
+        from the start, so a server that drips bytes cannot hold the client
+        for longer than one timeout.
         """
         sock = self.sock
         if sock is None:
             raise SMTPServerDisconnected("please run connect() first")
+        fd = self._raw_fd(sock)
+        if fd < 0:
+            return self._read_replies_sock(sock)
+        view = self._rview
+        bufs = self._rbufs
+        limit = self._rcvtimeo
+        start = _monotonic()
+        while True:
+            try:
+                n = _readv(fd, bufs)
+            except (BlockingIOError, InterruptedError):
+                self._wait_readable(fd, start, limit)
+                continue
+            except OSError as exc:
+                self.close()
+                raise SMTPServerDisconnected("Connection unexpectedly closed: " + str(exc)) from exc
+            got = self._parse(view, n)
+            if got:
+                return got
+            # Part of a reply: the rest within what is left of the deadline.
+            self._wait_readable(fd, start, limit)
+
+    def _wait_readable(self, fd: int, start: float, limit: float | None) -> None:
+        if limit is None:
+            ready = self._poller.poll()
+        else:
+            remaining = start + limit - _monotonic()
+            ready = self._poller.poll(max(0, remaining) * 1000) if remaining > 0 else []
+        if not ready:
+            self.close()
+            raise SMTPReplyTimeout("Connection unexpectedly closed: reply not complete within %ss" % limit)
+
+    def _parse(self, view: Any, n: int) -> list[tuple[int, bytes]]:
+        """Feed ``n`` received bytes to the parser (``n == 0``: end of file)."""
+        if not n:
+            self.close()
+            raise SMTPServerDisconnected("Connection unexpectedly closed")
+        chunk = view[:n]
+        if self.debuglevel > 0:
+            self._print_debug("reply:", repr(bytes(chunk)))
+        try:
+            return self._parser.feed(chunk)
+        except ReplyLimitError as exc:
+            self.close()
+            if exc.kind == "line":
+                # Same code and text as the stdlib's over-long line error.
+                raise SMTPReplyTooLong(500, "Line too long.") from None
+            raise SMTPReplyTooLong(500, str(exc)) from None
+
+    def _read_replies_sock(self, sock: Any) -> list[tuple[int, bytes]]:
+        """``_read_replies`` through the socket object's own methods (TLS, doubles)."""
         recv_into = getattr(sock, "recv_into", None)
         view = self._rview
         started = time.monotonic()
         deadline = None
         saved_timeout: Any = False
         try:
-            while not self._replies:
+            while True:
                 try:
                     if recv_into is not None:
                         n = recv_into(view)
-                        chunk: Any = view[:n]
                     else:  # file-like test doubles without recv_into
-                        chunk = sock.recv(_RECV_SIZE)
-                        n = len(chunk)
+                        data = sock.recv(_RECV_SIZE)
+                        n = len(data)
+                        view[:n] = data
                 except OSError as exc:
                     self.close()
-                    if isinstance(exc, TimeoutError) or isinstance(exc, _stdlib_socket.timeout):
+                    if isinstance(exc, (TimeoutError, _stdlib_socket.timeout)):
                         raise SMTPReplyTimeout("Connection unexpectedly closed: " + str(exc)) from exc
                     raise SMTPServerDisconnected("Connection unexpectedly closed: " + str(exc)) from exc
-                if not n:
-                    self.close()
-                    raise SMTPServerDisconnected("Connection unexpectedly closed")
-                if self.debuglevel > 0:
-                    self._print_debug("reply:", repr(bytes(chunk)))
-                try:
-                    got = self._parser.feed(chunk)
-                except ReplyLimitError as exc:
-                    self.close()
-                    if exc.kind == "line":
-                        # Same code and text as the stdlib's over-long line error.
-                        raise SMTPReplyTooLong(500, "Line too long.") from None
-                    raise SMTPReplyTooLong(500, str(exc)) from None
+                got = self._parse(view, n)
                 if got:
-                    self._replies.extend(got)
-                    break
+                    return got
                 if deadline is None:
                     total = sock.gettimeout()
                     # No timeout on the socket: the caller asked to wait forever.
@@ -418,6 +530,45 @@ class SMTP:
         finally:
             if saved_timeout is not False and self.sock is not None:
                 self.sock.settimeout(saved_timeout)
+
+    def _write(self, data: bytes, traced: bool = False) -> None:
+        """Write all of ``data``; ``SMTPServerDisconnected`` if the socket fails."""
+        if not traced and (self.debuglevel > 0 or log.isEnabledFor(_DEBUG)):
+            self._trace("send:", data)
+        sock = self.sock
+        if sock is None:
+            raise SMTPServerDisconnected("please run connect() first")
+        sys.audit("smtplib.send", self, data)
+        fd = self._raw_fd(sock)
+        try:
+            if fd < 0:
+                sock.sendall(data)
+                return
+            n = _os_write(fd, data)
+            if n < len(data):
+                self._write_rest(fd, memoryview(data)[n:])
+        except OSError:
+            self.close()
+            raise SMTPServerDisconnected("Server not connected") from None
+
+    def _write_rest(self, fd: int, view: memoryview) -> None:
+        # A short write: the socket buffer filled (or SO_SNDTIMEO, a signal).
+        limit = self._rcvtimeo
+        start = _monotonic()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        while view:
+            try:
+                n = _os_write(fd, view)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            if n:
+                view = view[n:]
+                start = _monotonic()  # progress: the timeout counts from here
+                continue
+            remaining = None if limit is None else (start + limit - _monotonic()) * 1000
+            if remaining is not None and remaining <= 0 or not poller.poll(remaining):
+                raise TimeoutError("write timed out")
 
     def docmd(self, cmd: str, args: str = "") -> tuple[int, bytes]:
         """Send a command and return its reply."""
@@ -677,63 +828,80 @@ class SMTP:
         return code, reply
 
     # -- sending mail ------------------------------------------------------------
+    #
+    # Every transaction runs on the sans-IO engine (_engine.py), which owns
+    # the rules; this class moves its bytes and maps its results to smtplib's
+    # return values and exceptions.
 
-    def _use_pipelining(self) -> bool:
-        return bool(self.pipelining) and "pipelining" in self.esmtp_features
+    _lmtp = False
 
-    def _use_chunking(self) -> bool:
-        return bool(self.chunking) and "chunking" in self.esmtp_features
-
-    def _prepare(
-        self, from_addr: str, msg: str | bytes, mail_options: Sequence[str]
-    ) -> tuple[bytes, bool, list[str]]:
-        """Encode the message and build the MAIL options: (payload, bdat, options).
-
-        Raises SMTPMessageTooLarge before anything is sent when the server's
-        SIZE limit is exceeded, SMTPNotSupportedError for BODY=BINARYMIME
-        without CHUNKING and BINARYMIME.
-        """
-        if isinstance(msg, str):
-            msg = msg.encode("ascii")
-        options = list(mail_options)
-        body = [o.split("=", 1)[1].upper() for o in options if o.upper().startswith("BODY=")] if options else ()
-        bdat = self._use_chunking()
-        raw = False
-        if body and body[-1] == "BINARYMIME":
-            # RFC 3030 §3: BINARYMIME content may only go with BDAT, unaltered.
-            if not (bdat and self.has_extn("binarymime")):
-                raise SMTPNotSupportedError("BODY=BINARYMIME needs the server's CHUNKING and BINARYMIME")
-            raw = True
-        elif bdat and not body and self.has_extn("binarymime") and not msg.isascii():
-            options.append("BODY=BINARYMIME")
-            raw = True
-        if raw:
-            payload = bytes(msg)
-            size = len(payload)
-        elif bdat:
-            payload = crlf_normalize(msg)
-            size = len(payload)
-        else:
-            payload, size = dot_stuff_sized(msg)
-        esmtp_opts: list[str] = []
-        if self.does_esmtp:
-            if self.has_extn("size"):
-                limit = self._size_limit()
-                if limit is not None and size > limit:
-                    raise SMTPMessageTooLarge(size, limit, from_addr)
-                esmtp_opts.append("size=%d" % size)
-            esmtp_opts.extend(options)
-        return payload, bdat, esmtp_opts
-
-    def _size_limit(self) -> int | None:
-        """The advertised SIZE limit, parsed again only when its text changes."""
-        value = self.esmtp_features.get("size")
-        cached = self._size_cache
-        if cached is not None and cached[0] == value:  # also when edited by hand
+    def _capabilities(self) -> Capabilities:
+        """The server's capabilities, parsed again only when the features change."""
+        features = self.esmtp_features
+        key = (self.does_esmtp, tuple(features.items()))
+        cached = self._caps_cache
+        if cached is not None and cached[0] == key:
             return cached[1]
-        limit = _protocol.size_limit(self.esmtp_features)
-        self._size_cache = (value, limit)
-        return limit
+        caps = Capabilities.from_features(features, self.does_esmtp)
+        self._caps_cache = (key, caps)
+        return caps
+
+    def _engine(self, window: int = 32) -> Engine:
+        """The engine for this connection as it is now (a new one when anything changed)."""
+        caps = self._capabilities()
+        eng = self._eng
+        if (
+            eng is None
+            or eng.caps is not caps
+            or eng.broken is not None
+            or not eng.idle
+            or eng.parser is not self._parser
+            or self._eng_key != (window, bool(self.pipelining), bool(self.chunking))
+        ):
+            eng = Engine(caps, lmtp=self._lmtp, window=window, pipelining=self.pipelining,
+                         chunking=self.chunking, parser=self._parser)
+            self._eng = eng
+            self._eng_key = (window, bool(self.pipelining), bool(self.chunking))
+        return eng
+
+    def _io_step(self, eng: Engine, bulk: bool = False) -> bool:
+        """Write what the engine has, then read once if it is owed replies.
+
+        Returns False once nothing is owed (the engine is idle or stopped).
+        A failed write or read ends the engine's connection: every message
+        not yet reported gets its result from ``connection_lost``, and the
+        socket is closed.
+        """
+        try:
+            data = eng.bytes_to_send()
+            if data:
+                self._write(data)
+            if not eng.owed:
+                if eng.broken is not None:
+                    self.close()
+                return False
+            replies = self._replies
+            if not replies:
+                if bulk and self.timeout is None:
+                    self._set_bulk_timeout(RFC5321_TIMEOUTS[eng.deadline_kind])
+                replies.extend(self._read_replies())
+            if self.debuglevel > 0:
+                for code, msg in replies:
+                    self._print_debug("reply: retcode (%s); Msg: %a" % (code, msg))
+            eng.receive_replies(replies)
+            replies.clear()
+        except (SMTPServerDisconnected, SMTPReplyTooLong) as exc:
+            eng.connection_lost(exc)
+            self.close()
+            return False
+        except Exception as exc:  # e.g. ssl.SSLError: the connection is unusable
+            eng.connection_lost(SMTPServerDisconnected("connection failed: %r" % (exc,)))
+            self.close()
+            raise
+        if eng.broken is not None:
+            self.close()
+            return False
+        return True
 
     def sendmail(
         self,
@@ -748,43 +916,42 @@ class SMTP:
         Same results and exceptions as ``smtplib.SMTP.sendmail`` in every
         branch.  With PIPELINING, MAIL, every RCPT and DATA go out in one
         write (RFC 2920 §3.1) and all their replies are read before deciding;
-        with CHUNKING the body goes as one ``BDAT n LAST`` (RFC 3030).
+        with CHUNKING the envelope and the body go in one write, as
+        ``BDAT n LAST`` (RFC 3030).  A reply that cannot answer its command
+        raises ``SMTPPipelineError`` and closes the connection.
         """
         self.ehlo_or_helo_if_needed()
-        if isinstance(to_addrs, str):
-            to_addrs = [to_addrs]
-        payload, bdat, esmtp_opts = self._prepare(from_addr, msg, mail_options)
-        self._check_in_step()
-        # Every command line is built (and checked for CR/LF) before any is sent.
-        lines = [_protocol.command_line("mail", self._mail_args(from_addr, esmtp_opts))]
-        piped = self._use_pipelining()
-        with_options = rcpt_options and self.does_esmtp
-        block = _protocol.rcpt_block(to_addrs) if piped and not with_options and len(to_addrs) > 1 else None
-        if block is not None:
-            lines.append(block)  # one string for all: only ever sent whole, pipelined
-        elif with_options:
-            lines += [_protocol.command_line("rcpt", self._rcpt_args(r, rcpt_options)) for r in to_addrs]
-        else:
-            # quoteaddr never returns CR or LF (it refuses them), so the lines
-            # need no further check.
-            quote = _protocol.quoteaddr
-            lines += [f"rcpt TO:{quote(r)}\r\n" for r in to_addrs]
-        if not bdat:
-            lines.append("data\r\n")
-        if piped:
-            self.send("".join(lines))
-        return self._run_transaction(from_addr, list(to_addrs), lines, payload, bdat, piped)
+        eng = self._engine()
+        self._check_in_step(peek=eng.bdat and not eng.enhanced)
+        result = eng.submit(None, from_addr, to_addrs, msg, mail_options, rcpt_options)
+        if mail_options and any(o.lower() == "smtputf8" for o in mail_options):
+            self.command_encoding = "utf-8"  # as the stdlib's mail() leaves it
+        while self._io_step(eng):
+            pass
+        self._sent(result)
+        if result.status is DELIVERED or result.status is PARTIAL:
+            return result.refused
+        self.command_encoding = "ascii"  # the stdlib's RSET after a failure resets it
+        exc = result.exception
+        assert exc is not None, result
+        raise exc
 
-    def _check_in_step(self) -> None:
+    def _sent(self, result: SendResult) -> None:
+        """Hook for what a subclass records after each ``sendmail`` (LMTP)."""
+
+    def _check_in_step(self, peek: bool = True) -> None:
         """Refuse to start a transaction when a reply nobody asked for is waiting.
 
         A reply nobody asked for means the server's replies and our commands no
-        longer line up; reading on would pair each command with the wrong reply
-        (and, pipelined, send a whole envelope on a misread).  Replies already
-        parsed are checked, then the socket is looked at without blocking for
-        one that arrived since the last read.
+        longer line up; reading on would pair each command with the wrong reply.
+        Replies already parsed are checked; with ``peek`` the socket is also
+        looked at, without blocking, for one that arrived since the last read.
+        That costs a syscall, so ``sendmail`` peeks only where the engine could
+        not see the shift itself: with DATA the 354 would land on the wrong
+        command, and with ENHANCEDSTATUSCODES a 250 to RCPT differs from one to
+        BDAT, but a run of plain 250s to MAIL/RCPT/BDAT looks the same shifted.
         """
-        if not self._replies:
+        if not self._replies and peek:
             self._read_unasked()
         if not self._replies:
             return
@@ -846,120 +1013,6 @@ class SMTP:
             self.close()
             raise SMTPReplyTooLong(500, "unasked reply breaks the reply limits") from None
         return True
-
-    def _run_transaction(
-        self,
-        from_addr: str,
-        to_addrs: list[str],
-        lines: list[str],
-        payload: bytes,
-        bdat: bool,
-        piped: bool,
-    ) -> dict[str, tuple[int, bytes]]:
-        """Read (and, lock-step, send) the envelope; then the body; apply stdlib's rules.
-
-        ``lines`` are MAIL, the RCPTs and (not for BDAT) DATA.  When ``piped``
-        they were already sent in one write, so a failure still has to consume
-        every reply owed for them before the connection is in step again.
-        """
-        # MAIL, each RCPT, and DATA unless BDAT (``lines`` may hold the RCPTs
-        # as one block when pipelined).
-        owed = 1 + len(to_addrs) + (not bdat)
-        replies = self._replies
-        rec = self._record
-        # Straight from the parsed-reply queue when nothing traces replies.
-        direct = piped and self.debuglevel <= 0 and not log.isEnabledFor(_DEBUG)
-
-        def reply_to(i: int) -> tuple[int, bytes]:
-            nonlocal owed
-            owed -= 1
-            if direct and replies:
-                return replies.popleft()
-            if not piped:
-                self.send(lines[i])
-            return self.getreply()
-
-        code, resp = reply_to(0)
-        if code != 250:
-            if code == 421:
-                self.close()
-            else:
-                self._drain(owed, piped)
-                self._rset()
-            raise SMTPSenderRefused(code, resp, from_addr)
-        senderrs: dict[str, tuple[int, bytes]] = {}
-        for i, rcpt in enumerate(to_addrs, 1):
-            if direct and replies:  # reply_to() inlined: 20 recipients, 20 calls
-                owed -= 1
-                code, resp = replies.popleft()
-            else:
-                code, resp = reply_to(i)
-            if code != 250 and code != 251:
-                senderrs[rcpt] = (code, resp)
-                if code == 421:
-                    self.close()
-                    raise SMTPRecipientsRefused(senderrs)
-            elif rec is not None:
-                rec["rcpt"][rcpt] = (code, resp)
-        accepted = len(to_addrs) - len(senderrs)
-        if not accepted:
-            self._drain(owed, piped)
-            self._rset()
-            raise SMTPRecipientsRefused(senderrs)
-        if bdat:
-            if rec is not None:
-                rec["body_sent"] = True  # from here a lost connection leaves it uncertain
-            self.send(b"BDAT %d LAST\r\n" % len(payload) + payload if payload else b"BDAT 0 LAST\r\n")
-        else:
-            code, resp = reply_to(-1)
-            if self.debuglevel > 0:
-                self._print_debug("data:", (code, resp))
-            if code != 354:
-                if code == 421:
-                    self.close()
-                else:
-                    self._rset()
-                raise SMTPDataError(code, resp)
-            if rec is not None:
-                rec["body_sent"] = True
-            self.send(payload)
-        return self._finish_message(senderrs, to_addrs)
-
-    def _finish_message(self, senderrs: dict[str, tuple[int, bytes]], to_addrs: list[str]) -> dict[str, tuple[int, bytes]]:
-        """Read the reply to the message's end; LMTP overrides (RFC 2033 §4.2)."""
-        code, resp = self.getreply()
-        if self._record is not None:
-            self._record["final"] = (code, resp)
-        if self.debuglevel > 0:
-            self._print_debug("data:", (code, resp))
-        if code != 250:
-            if code == 421:
-                self.close()
-            else:
-                self._rset()
-            raise SMTPDataError(code, resp)
-        return senderrs
-
-    def _drain(self, owed: int, piped: bool) -> None:
-        """Consume the replies still owed for a pipelined group after a failure.
-
-        If DATA was among them and the server said 354 anyway, the message is
-        ended with a lone ``.`` (RFC 2920 §3.1: the body is never sent when the
-        envelope failed) and that reply is consumed too.
-        """
-        if not piped:
-            return
-        try:
-            for _ in range(owed):
-                code, _msg = self.getreply()
-                if code == 421:
-                    self.close()
-                    return
-            if owed and code == 354:
-                self.send(b".\r\n")
-                self.getreply()
-        except SMTPServerDisconnected:
-            pass
 
     def send_message(
         self,
