@@ -271,12 +271,13 @@ class Engine:
         self.parser = parser if parser is not None else ReplyParser()
         self._queue: collections.deque[_Msg] = collections.deque()
         self._flights: collections.deque[_Msg] = collections.deque()  # written, unfinished
-        self._owed: collections.deque[list[Any]] = collections.deque()  # [kind, msg]
+        self._owed: collections.deque[tuple[int, Any]] = collections.deque()  # (kind, msg)
         self._held: list[_Msg] = []  # finished, awaiting confirmation (rule 3)
         self._ready: list[SendResult] = []  # confirmed, not yet handed out
         self._body_due: list[_Msg] = []  # DATA answered: body or "." goes next
         self._need_rset = False
         self._epoch = 0  # RSETs written so far
+        self._envelopes_out = 0  # DATA: envelopes written whose DATA reply is owed
         self._prev_sig: str | None = None
         self._lockstep: _Msg | None = None
         #: Set once the engine stopped for good: the exception every message
@@ -367,25 +368,30 @@ class Engine:
         if self.broken is not None:
             return b""
         out: list[bytes] = []
-        for m in self._body_due:
-            m.body_due = False
-            if m.dot_only:
-                out.append(b".\r\n")  # RFC 2920 §3.1: never the body after a failed envelope
-                self._owe(_DOT, m)
-            else:
-                out.append(m.prep.payload)  # type: ignore[union-attr]
-                m.body_sent = True
-                self._owe(_FINAL, m)
-            m.prep = None  # sent: nothing keeps the payload alive while awaiting the reply
-        self._body_due.clear()
+        if self._body_due:
+            owed = self._owed
+            for m in self._body_due:
+                m.body_due = False
+                if m.dot_only:
+                    out.append(b".\r\n")  # RFC 2920 §3.1: never the body after a failed envelope
+                    owed.append((_DOT, m))
+                else:
+                    out.append(m.prep.payload)  # type: ignore[union-attr]
+                    m.body_sent = True
+                    owed.append((_FINAL, m))
+                m.owed += 1
+                m.prep = None  # sent: nothing keeps the payload alive while awaiting the reply
+            self._body_due.clear()
         if not self.pipelining:
             self._lockstep_write(out)
-        else:
+        elif self._queue or self._need_rset:
             self._pipelined_write(out)
-        return b"".join(out) if out else b""
+        if not out:
+            return b""
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def _owe(self, kind: int, m: _Msg | None) -> None:
-        self._owed.append([kind, m])
+        self._owed.append((kind, m))
         if m is not None:
             m.owed += 1
 
@@ -406,7 +412,7 @@ class Engine:
         else:
             # DATA: one envelope awaits its DATA reply at a time (its body must
             # wait for 354); the next goes out with the body before it.
-            room = 0 if any(not m.body_sent and not m.dot_only for m in self._flights) else 1
+            room = 0 if self._envelopes_out else 1
         if len(self._held) >= self.window * _MAX_HELD_FACTOR:
             room = 0  # rule 3: stop until the held results are confirmed
         budget = WRITE_BUDGET
@@ -433,6 +439,7 @@ class Engine:
                 out.append(b"data\r\n")
                 m.data_sent = True
                 self._owe(_DATA, m)
+                self._envelopes_out += 1
             self._flights.append(m)
             room -= 1
 
@@ -475,6 +482,7 @@ class Engine:
             else:
                 out.append(b"data\r\n")
                 self._owe(_DATA, m)
+                self._envelopes_out += 1
 
     # -- bytes in -------------------------------------------------------------------
 
@@ -502,14 +510,16 @@ class Engine:
         """As ``receive``, for replies the driver's parser already parsed."""
         if self.broken is not None:
             return self.take_results()
+        owed = self._owed
+        match = self._match
         for code, text in replies:
-            if not self._owed:
+            if not owed:
                 self._stop(SMTPPipelineError(code, b"reply nobody asked for: " + text[:200]))
                 return self.take_results()
-            self._match(code, text)
+            match(code, text)
             if self.broken is not None:
                 return self.take_results()
-        if not self._owed:
+        if not owed:
             if self.parser.in_reply:
                 # Part of a reply nobody asked for: out of step (rule 2).
                 self._stop(SMTPPipelineError(-1, b"partial reply nobody asked for"))
@@ -525,49 +535,50 @@ class Engine:
 
     # -- matching -------------------------------------------------------------------
 
-    def _signature(self, code: int, text: bytes) -> str | None:
-        """"I" for 354, "A"/"D" for a 2yz with an enhanced code, "2" without one."""
-        if code == 354:
-            return "I"
-        if not self.enhanced:
-            return "2"
-        # RFC 3463 §2: class "." subject "." detail, at the start of the text.
-        if len(text) >= 5 and text[0] == 50 and text[1] == 46:  # "2."
-            subject_end = text.find(b".", 2)
-            if subject_end > 2 and text[2:subject_end].isdigit():
-                return "A" if text[2:subject_end] == b"1" else "D"
-        return "2"
-
     def _match(self, code: int, text: bytes) -> None:
-        slot = self._owed[0]
-        kind, m = slot
+        owed = self._owed
+        kind, m = owed[0]
+        # Rule 1: a failure may answer any command; a positive code only its own.
         if 400 <= code <= 599:
             sig = None
         elif code in _POSITIVE[kind]:
-            cls = _CLASS[kind]
-            sig = self._signature(code, text) if cls is not None else "2"
-            if (sig == "A" or sig == "D") and sig != cls:
-                self._stop(SMTPPipelineError(code, b"reply to the wrong command (enhanced code " + text[:12] + b" for " + _KIND_NAMES[kind].encode() + b"): " + text[:200]))
-                return
+            if code == 354:
+                sig = "I"
+            elif self.enhanced and _CLASS[kind] is not None and text[:2] == b"2.":
+                # RFC 3463 §2: class "." subject "." detail, at the start of the text.
+                dot = text.find(b".", 2)
+                subject = text[2:dot]
+                if dot > 2 and subject.isdigit():
+                    sig = "A" if subject == b"1" else "D"
+                    if sig != _CLASS[kind]:
+                        self._stop(SMTPPipelineError(code, b"reply to the wrong command (enhanced code for "
+                                                     + _KIND_NAMES[kind].encode() + b"): " + text[:200]))
+                        return
+                else:
+                    sig = "2"
+            else:
+                sig = "2"
         else:
             self._stop(SMTPPipelineError(code, ("reply %d cannot answer %s: " % (code, _KIND_NAMES[kind].upper())).encode() + text[:200]))
             return
-        self._owed.popleft()
+        owed.popleft()
         if m is not None:
             m.owed -= 1
         if code == 421:
             self._closing(kind, m, code, text)
             return
-        prev, self._prev_sig = self._prev_sig, sig
-        if kind == _MAIL:
-            m.mail = (code, text)
-        elif kind == _RCPT:
+        prev = self._prev_sig
+        self._prev_sig = sig
+        if kind == _RCPT:
             rcpt = m.result.to_addrs[m.nrcpt]
             m.nrcpt += 1
             m.recipients[rcpt] = (code, text)
             if code == 250 or code == 251:
                 m.accepted.append(rcpt)
+        elif kind == _MAIL:
+            m.mail = (code, text)
         elif kind == _DATA:
+            self._envelopes_out -= 1
             if code == 354:
                 m.dot_only = m.mail is None or m.mail[0] != 250 or not m.accepted
                 m.body_due = True
@@ -577,14 +588,12 @@ class Engine:
         elif kind == _FINAL:
             m.finals.append((code, text))
             if self.lmtp and m.mail is not None and m.mail[0] == 250 and len(m.finals) < len(m.accepted):
-                self._owed.appendleft(slot)  # rule 7: one reply per accepted recipient
+                owed.appendleft((kind, m))  # rule 7: one reply per accepted recipient
                 m.owed += 1
-        elif kind == _RSET:
-            pass
         if m is not None and not m.owed and not m.body_due:
             self._advance(m)
         # Rule 3: confirmations.
-        if sig == "I" or ((sig == "A" or sig == "D") and (prev == "A" or prev == "D") and prev != sig):
+        if self._held and (sig == "I" or (sig == "A" and prev == "D") or (sig == "D" and prev == "A")):
             self._confirm()
 
     def _advance(self, m: _Msg) -> None:
@@ -672,17 +681,26 @@ class Engine:
                 exc.recipients = refused  # type: ignore[attr-defined]
                 self._finish(m, _refusal_status(c for c, _ in refused.values()), exc)
                 return
-        refused = len(m.accepted) != len(m.recipients) or any(c != 250 and c != 251 for c, _ in m.recipients.values())
+        if len(m.accepted) != m.nrcpt:
+            refused = True
+        elif self.lmtp:
+            refused = any(c != 250 for c, _ in m.recipients.values())
+        else:
+            refused = False
         self._finish(m, PARTIAL if refused else DELIVERED, None)
 
     def _finish(self, m: _Msg, status: Status, exc: BaseException | None) -> None:
         m.status = status
         m.exc = exc
         m.prep = None  # nothing keeps the payload alive while the result waits
-        try:
-            self._flights.remove(m)
-        except ValueError:
-            pass
+        flights = self._flights
+        if flights and flights[0] is m:
+            flights.popleft()
+        else:
+            try:
+                flights.remove(m)
+            except ValueError:
+                pass
         if self._lockstep is m:
             self._lockstep = None
         self._held.append(m)
@@ -755,6 +773,7 @@ class Engine:
         self._body_due.clear()
         self._lockstep = None
         self._need_rset = False
+        self._envelopes_out = 0
 
     @staticmethod
     def _report_unknown(m: _Msg, exc: BaseException) -> None:

@@ -166,3 +166,6 @@ def send_many(
             except SMTPServerDisconnected:
                 pass
         raise
+    finally:
+        if conn.sock is not None:
+            conn._set_bulk_timeout(None)  # the caller asked for no timeout

@@ -420,9 +420,19 @@ class SMTP:
         return fd
 
     def _set_bulk_timeout(self, seconds: float | None) -> None:
-        """Bulk sending without a caller's timeout: RFC 5321 §4.5.3.2's per reply."""
+        """Bulk sending without a caller's timeout: RFC 5321 §4.5.3.2's, per reply.
+
+        ``None`` goes back to no timeout (at the end of ``send_many``).  Only
+        when the caller gave none; a syscall only when the value changes.
+        """
         sock = self.sock
-        if sock is None or self._raw_fd(sock) < 0 or self._raw_timeout is not None:
+        if sock is None or self.timeout is not None:
+            return
+        if self._raw_fd(sock) < 0:
+            # TLS and other socket objects: their own timeout, restored after.
+            if sock.gettimeout() != seconds:
+                sock.settimeout(seconds)
+                self._raw_sock = None
             return
         if seconds != self._rcvtimeo:
             try:
@@ -876,20 +886,22 @@ class SMTP:
             data = eng.bytes_to_send()
             if data:
                 self._write(data)
-            if not eng.owed:
+            if not eng._owed:
                 if eng.broken is not None:
                     self.close()
                 return False
             replies = self._replies
-            if not replies:
+            if replies:
+                got = list(replies)
+                replies.clear()
+            else:
                 if bulk and self.timeout is None:
                     self._set_bulk_timeout(RFC5321_TIMEOUTS[eng.deadline_kind])
-                replies.extend(self._read_replies())
+                got = self._read_replies()
             if self.debuglevel > 0:
-                for code, msg in replies:
+                for code, msg in got:
                     self._print_debug("reply: retcode (%s); Msg: %a" % (code, msg))
-            eng.receive_replies(replies)
-            replies.clear()
+            eng.receive_replies(got)
         except (SMTPServerDisconnected, SMTPReplyTooLong) as exc:
             eng.connection_lost(exc)
             self.close()
@@ -901,7 +913,7 @@ class SMTP:
         if eng.broken is not None:
             self.close()
             return False
-        return True
+        return bool(eng._owed) or not eng.idle
 
     def sendmail(
         self,
@@ -929,7 +941,10 @@ class SMTP:
         while self._io_step(eng):
             pass
         self._sent(result)
-        if result.status is DELIVERED or result.status is PARTIAL:
+        status = result.status
+        if status is DELIVERED:
+            return {}
+        if status is PARTIAL:
             return result.refused
         self.command_encoding = "ascii"  # the stdlib's RSET after a failure resets it
         exc = result.exception
