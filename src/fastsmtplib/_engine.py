@@ -158,15 +158,24 @@ class SendResult:
 
 
 class Connection(Protocol):
-    """What a driver of the engine needs from a connection (the blocking
-    ``SMTP`` class and the pool implement it)."""
+    """What a driver needs from a connection to run the engine over it.
 
-    def write(self, data: bytes) -> None:
+    ``SMTP`` (and so ``LMTP``, ``SMTP_SSL``) implements it; its ``_io_step``
+    is the blocking driver: ``bytes_to_send`` -> ``_write``, then, while
+    replies are owed, ``_read_replies`` -> ``receive_replies``; a failure of
+    either -> ``connection_lost`` and ``close``.
+    """
+
+    def _write(self, data: bytes) -> None:
         """Write all of ``data`` or raise ``SMTPServerDisconnected``."""
 
-    def read(self, deadline: float | None) -> bytes:
-        """Some bytes (never empty), or raise ``SMTPServerDisconnected``
-        (``SMTPReplyTimeout`` once ``deadline``, a monotonic time, passes)."""
+    def _read_replies(self) -> list[tuple[int, bytes]]:
+        """At least one whole reply, parsed by the engine's parser; raise
+        ``SMTPServerDisconnected`` (``SMTPReplyTimeout`` once the reply's
+        deadline passes) or ``SMTPReplyTooLong``."""
+
+    def close(self) -> None:
+        """Close the connection (after ``broken`` is set nothing more may be sent)."""
 
 
 #: RFC 5321 §4.5.3.2 reply timeouts, seconds, by what the reply answers.
