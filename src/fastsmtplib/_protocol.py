@@ -33,7 +33,6 @@ __all__ = [
     "quotedata",
     "parse_ehlo",
     "size_limit",
-    "is_positive",
     "Capabilities",
 ]
 
@@ -78,28 +77,6 @@ _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _PLAIN_ADDR = re.compile(
     rf"<?({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>?"
 )
-
-
-# Several bare plain addresses joined by NUL, which no address can contain.
-_BARE_ADDR = rf"{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
-_PLAIN_LIST = re.compile(rf"(?:{_BARE_ADDR}\x00)*{_BARE_ADDR}")
-
-
-def rcpt_block(to_addrs: list[str]) -> str | None:
-    """Every ``RCPT TO`` line of an envelope at once, or None.
-
-    When every recipient is a bare plain address, quoteaddr would return each
-    unchanged in brackets, so one regex call checks them all and one join
-    writes the lines (20 recipients: ~2 us instead of ~10).  None means "use
-    quoteaddr on each".
-    """
-    try:
-        joined = "\x00".join(to_addrs)
-    except TypeError:
-        return None
-    if _PLAIN_LIST.fullmatch(joined) is None:
-        return None
-    return "rcpt TO:<" + ">\r\nrcpt TO:<".join(to_addrs) + ">\r\n"
 
 
 def quoteaddr(addrstring: str) -> str:
@@ -183,11 +160,6 @@ def size_limit(features: dict[str, str]) -> int | None:
     except ValueError:
         return None
     return limit or None
-
-
-def is_positive(code: int) -> bool:
-    """True for a 2xx completion reply."""
-    return 200 <= code <= 299
 
 
 class Capabilities(NamedTuple):

@@ -43,14 +43,11 @@ from .errors import (
     SMTPDataError,
     SMTPException,
     SMTPHeloError,
-    SMTPMessageTooLarge,
     SMTPNotSupportedError,
     SMTPPipelineError,
-    SMTPRecipientsRefused,
     SMTPReplyTimeout,
     SMTPReplyTooLong,
     SMTPResponseException,
-    SMTPSenderRefused,
     SMTPServerDisconnected,
 )
 

@@ -45,22 +45,3 @@ def test_same_path_as_stdlib(text):
 def test_fast_path_only_for_plain_addresses(text, fast):
     assert (_protocol._PLAIN_ADDR.fullmatch(text) is not None) is fast
     assert _protocol.quoteaddr(text) == smtplib.quoteaddr(text)
-
-
-@settings(max_examples=1500, deadline=None)
-@given(st.lists(st.text(alphabet=ALPHABET, min_size=0, max_size=10), min_size=1, max_size=5))
-@example(["a@b", "c.d@e-f.org"])
-@example(["a@b", "<c@d>"])
-@example(["a@b", "x"])
-def test_rcpt_block_is_the_quoteaddr_lines_or_none(addrs):
-    block = _protocol.rcpt_block(addrs)
-    want = "".join(f"rcpt TO:{smtplib.quoteaddr(a)}\r\n" for a in addrs)
-    if block is not None:
-        assert block == want
-    if all(_protocol._PLAIN_ADDR.fullmatch(a) and "<" not in a and ">" not in a for a in addrs):
-        assert block == want  # the fast path is taken whenever it can be
-
-
-def test_rcpt_block_refuses_what_is_not_a_str():
-    assert _protocol.rcpt_block(["a@b", None]) is None
-    assert _protocol.rcpt_block(["a@b\r\nRSET"]) is None
