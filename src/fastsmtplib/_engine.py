@@ -25,7 +25,8 @@ The rules, each next to the code that obeys it:
    two adjacent 2yz replies whose enhanced classes differ and match their
    commands, or nothing more owed when a read ends.  A single dropped or
    added reply shifts every later pairing and is caught before any message
-   paired through it is reported.
+   paired through it is reported.  A reply timeout confirms nothing (a
+   dropped reply looks like one): held messages are then reported as in 2.
 4. PIPELINING (RFC 2920 §3.1): MAIL, every RCPT and DATA go in one write; the
    body waits for 354; the next envelope goes in the same write as the body.
    If DATA is answered 354 although the envelope failed, only ``.`` is sent.
@@ -599,6 +600,8 @@ class Engine:
             if self.lmtp and m.mail is not None and m.mail[0] == 250 and len(m.finals) < len(m.accepted):
                 owed.appendleft((kind, m))  # rule 7: one reply per accepted recipient
                 m.owed += 1
+        elif kind == _DOT:
+            m.reply = (code, text)  # the final reply to a message whose envelope failed
         if m is not None and not m.owed and not m.body_due:
             self._advance(m)
         # Rule 3: confirmations.
@@ -760,12 +763,16 @@ class Engine:
     def _stop(self, exc: BaseException) -> None:
         """Stop for good; report every message not yet reported by what is known.
 
-        Finished messages awaiting confirmation keep their outcome unless the
-        stream was found out of step (rule 2): a lost connection or a reply
-        over the limits says nothing about how earlier replies were paired.
+        Finished messages awaiting confirmation keep their outcome when the
+        connection is lost or a reply breaks the limits, but not when the
+        stream was found out of step (rule 2) nor when a reply timed out:
+        a dropped reply shows itself only as a wait for a reply that never
+        comes, and by then a later reply has been paired with an earlier
+        command (the next MAIL's 550 with the end of data before it), so a
+        held result may be another command's (rule 3: never confirmed).
         """
         self.broken = exc
-        if isinstance(exc, SMTPPipelineError):
+        if isinstance(exc, (SMTPPipelineError, TimeoutError)):
             for m in self._held:
                 self._report_unknown(m, exc)
         self._confirm()
