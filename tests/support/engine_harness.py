@@ -42,7 +42,7 @@ from fastsmtplib._protocol import Capabilities
 from fastsmtplib.errors import SMTPReplyTimeout
 
 __all__ = [
-    "CAPS", "Run", "drive", "Replies", "Policy", "Fault", "FakeServer", "sender", "rcpt", "body",
+    "CAPS", "Run", "drive", "Replies", "Policy", "Fault", "FakeServer", "Sent", "sender", "rcpt", "body",
     "body_went_out",
     "expected_status", "EXTRAS", "GARBLES", "DELIVERED", "PARTIAL", "REFUSED", "DEFERRED",
     "UNCERTAIN", "NOT_ATTEMPTED",

@@ -37,6 +37,7 @@ from tests.support.engine_harness import (
     UNCERTAIN,
     FakeServer,
     Policy,
+    Replies,
     body,
     body_went_out,
     drive,
@@ -179,6 +180,25 @@ def test_data_next_envelope_rides_with_the_body_and_results_wait_for_confirmatio
     # The last one: nothing more owed when the read ends confirms it.
     assert eng.receive(R("250 m2 queued")) == [rs[2]]
     assert statuses(rs) == [DELIVERED] * 3 and eng.idle
+
+
+def test_data_replies_one_byte_at_a_time():
+    # A script may answer with a list of chunks: each is one ``receive``, and
+    # the engine writes again after each, as a driver does.  Byte by byte,
+    # nothing changes but when results come out.
+    eng = make("data")
+    rs = [submit(eng, 0), submit(eng, 1)]
+
+    def bytewise(data: bytes) -> list[bytes]:
+        return [bytes([b]) for b in data]
+
+    script = Replies(bytewise(R("250 ok", "250 ok", "354 go")),
+                     bytewise(R("250 m0 queued", "250 ok", "250 ok", "354 go")),
+                     bytewise(R("250 m1 queued")))
+    run = drive(eng, script)
+    assert run.writes == [env(0) + b"data\r\n", stuffed(0) + env(1) + b"data\r\n", stuffed(1)]
+    assert script.calls == 3 and statuses(rs) == [DELIVERED, DELIVERED] and not run.early
+    assert [r.reply for r in rs] == [(250, b"m0 queued"), (250, b"m1 queued")]
 
 
 def test_data_partial_delivery():
@@ -458,6 +478,24 @@ def test_bdat_held_results_confirmed_at_the_end_of_a_read_without_codes():
     eng.bytes_to_send()
     assert eng.receive(R("250 ok", "250 ok", "250 ok", "250 reset", "250 ok")) == []
     assert eng.receive(R("250 ok", "250 ok")) == rs
+
+
+def test_bdat_writing_stops_while_too_many_results_are_held():
+    # Plain 250s confirm nothing until a read ends with nothing owed (rule
+    # 3); at most twice the window is held before writing stops.
+    eng = make("bdat", window=2)
+    rs = [submit(eng, i) for i in range(8)]
+    assert eng.bytes_to_send().count(b"BDAT") == 2
+    assert eng.receive(R("250 ok", "250 ok", "250 ok")) == []
+    for i in range(2, 5):
+        assert eng.bytes_to_send() == b"rset\r\n" + env(i) + bdat(i)
+        assert eng.receive(R("250 reset", "250 ok", "250 ok", "250 ok")) == []
+    # Four held, one in flight: nothing more goes out until they are confirmed.
+    assert eng.bytes_to_send() == b""
+    assert eng.in_flight == 5 and eng.room() == 0 and eng.owed == 4
+    got = eng.receive(R("250 reset", "250 ok", "250 ok", "250 ok"))
+    assert got == rs[:5] and statuses(got) == [DELIVERED] * 5
+    assert eng.bytes_to_send().count(b"BDAT") == 2  # writing resumes
 
 
 # == BDAT without ENHANCEDSTATUSCODES: one message at a time (rule 5) ==============================
