@@ -10,7 +10,8 @@ The rules, each next to the code that obeys it:
 1. Replies come in command order (RFC 2920 §3.2); each is matched to the
    oldest command still owed one.  Every reply is checked against what its
    command may return (RFC 5321 §4.3.2, RFC 3030 §2, RFC 2033 §4.2): the
-   positive codes in ``_POSITIVE``, or any 4yz/5yz.  With
+   positive codes in ``_POSITIVE``, or any 4yz/5yz (RSET too: RFC 5321
+   §4.1.1.5 says it answers 250, but aiosmtpd requiring STARTTLS says 530).  With
    ENHANCEDSTATUSCODES (RFC 2034, RFC 3463) a 2yz to MAIL/RCPT carries
    subject 1 (addressing, ``2.1.x``) and one to DATA's end or BDAT does not,
    so a run of 250s can be told apart (RSET's is not checked: real servers
@@ -23,7 +24,8 @@ The rules, each next to the code that obeys it:
 3. A finished message is reported only once the stream is known to have been
    in step up to its last reply (a "confirmation"): a 354 matched to DATA,
    two adjacent 2yz replies whose enhanced classes differ and match their
-   commands, or nothing more owed when a read ends.  A single dropped or
+   commands (this proves the stream through the first of the two), or
+   nothing more owed when a read ends.  A single dropped or
    added reply shifts every later pairing and is caught before any message
    paired through it is reported.  A reply timeout confirms nothing (a
    dropped reply looks like one): held messages are then reported as in 2.
@@ -339,6 +341,11 @@ class Engine:
         return _KIND_NAMES[self._owed[0][0]] if self._owed else None
 
     @property
+    def held(self) -> int:
+        """Messages finished and awaiting the reply that confirms them (rule 3)."""
+        return len(self._held)
+
+    @property
     def in_flight(self) -> int:
         """Messages written and not yet reported."""
         return len(self._flights) + len(self._held)
@@ -602,11 +609,19 @@ class Engine:
                 m.owed += 1
         elif kind == _DOT:
             m.reply = (code, text)  # the final reply to a message whose envelope failed
+        held_before = len(self._held)
         if m is not None and not m.owed and not m.body_due:
             self._advance(m)
-        # Rule 3: confirmations.
-        if self._held and (sig == "I" or (sig == "A" and prev == "D") or (sig == "D" and prev == "A")):
-            self._confirm()
+        # Rule 3: confirmations.  A 354 in DATA's place proves the stream in
+        # step through it.  A pair of classes proves it through the pair's
+        # first reply only: had this reply's own command lost its reply, the
+        # next one (of the same class: an RSET's or a BDAT's 250 2.0.0) would
+        # stand here, so a message this reply finished waits for the next proof.
+        if self._held:
+            if sig == "I":
+                self._confirm()
+            elif (sig == "A" and prev == "D") or (sig == "D" and prev == "A"):
+                self._confirm(held_before)
 
     def _advance(self, m: _Msg) -> None:
         """Every reply owed to ``m`` came: finish it, or (lock-step) go on."""
@@ -717,14 +732,16 @@ class Engine:
             self._lockstep = None
         self._held.append(m)
 
-    def _confirm(self) -> None:
-        """Rule 3: the stream is in step up to here: report what is held."""
+    def _confirm(self, upto: int | None = None) -> None:
+        """Rule 3: the stream is in step up to here: report what is held
+        (the first ``upto`` held messages, or all)."""
         held = self._held
         if held:
             ready = self._ready
-            for m in held:
+            confirmed = held if upto is None else held[:upto]
+            for m in confirmed:
                 ready.append(self._publish(m))
-            held.clear()
+            del held[:len(confirmed)]
 
     @staticmethod
     def _publish(m: _Msg) -> SendResult:

@@ -125,9 +125,10 @@ def send_many(
         while True:
             while order and order[0].status:
                 yield order.popleft()
-            # Read ahead at most ``window`` messages (refused ones count too),
-            # and no more than the engine can write soon.
-            while not exhausted and len(order) < window and eng.room() > 0 and eng.broken is None:
+            # Read ahead at most ``window`` messages (refused ones count too;
+            # finished ones awaiting their confirming reply do not), and no
+            # more than the engine can write soon.
+            while not exhausted and len(order) - eng.held < window and eng.room() > 0 and eng.broken is None:
                 try:
                     index, item = next(source)
                 except StopIteration:
