@@ -1,0 +1,75 @@
+"""The sans-IO engine alone: Python per message, no sockets, no server.
+
+    python -m pytest bench/bench_engine.py -p no:cacheprovider
+
+Each round runs 1,000 messages through one ``Engine``: ``submit``, the writes
+(``bytes_to_send``) and the server's replies (``receive_replies``, already
+parsed), so ``extra_info["us_per_msg"]`` is the engine's own cost per message:
+what any driver (``sendmail``, ``send_many``, the pool) pays on top of its
+I/O.  Nothing here asserts a timing.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from fastsmtplib._engine import DELIVERED, Engine
+from fastsmtplib._protocol import Capabilities
+
+N = 1000
+MSG = "Subject: engine\r\n\r\n" + "hello world, a line of text\r\n" * 34  # ~1 KB
+FROM = "news@example.com"
+
+DATA = Capabilities.from_features({"pipelining": "", "8bitmime": "", "enhancedstatuscodes": ""})
+BDAT = Capabilities.from_features({"pipelining": "", "chunking": "", "enhancedstatuscodes": ""})
+
+ENVELOPE = [(250, b"2.1.0 Ok"), (250, b"2.1.5 Ok"), (354, b"End data with <CR><LF>.<CR><LF>")]
+FINAL = [(250, b"2.0.0 Ok: queued")]
+BDAT_REPLIES = [(250, b"2.0.0 Ok"), (250, b"2.1.0 Ok"), (250, b"2.1.5 Ok"), (250, b"2.0.0 Ok: queued")]
+
+
+def sendmail_like(rcpts: list) -> None:
+    """What sendmail() asks of the engine, N times: one message, two groups of replies."""
+    eng = Engine(DATA)
+    envelope = [ENVELOPE[0]] + [ENVELOPE[1]] * len(rcpts) + [ENVELOPE[2]]
+    for _ in range(N):
+        r = eng.submit(None, FROM, rcpts, MSG)
+        eng.bytes_to_send()
+        eng.receive_replies(envelope)
+        eng.bytes_to_send()
+        eng.receive_replies(FINAL)
+        if r.status is not DELIVERED:
+            raise AssertionError(r)
+
+
+def bdat_window(window: int = 32) -> None:
+    """send_many over BDAT: windows of messages, each answered RSET, MAIL, RCPT, BDAT."""
+    eng = Engine(BDAT, window=window)
+    done = 0
+    results = []
+    while done < N:
+        for _ in range(min(window, N - done)):
+            results.append(eng.submit(None, FROM, ["reader@example.org"], MSG))
+        eng.bytes_to_send()
+        k = eng.owed // 4 + 1 if eng.owed % 4 else eng.owed // 4
+        first = BDAT_REPLIES[1:] if eng.owed % 4 else BDAT_REPLIES
+        eng.receive_replies(first + BDAT_REPLIES * (k - 1))
+        done += k
+    if not all(r.status is DELIVERED for r in results):
+        raise AssertionError("not all delivered")
+
+
+@pytest.mark.parametrize("case", ["1 rcpt", "20 rcpts"])
+def test_engine_sendmail(benchmark, case):
+    """engine only: N x (submit, envelope group, body, final), DATA with PIPELINING."""
+    rcpts = ["reader@example.org"] if case == "1 rcpt" else [f"reader{i:02d}@example.org" for i in range(20)]
+    benchmark.group = "engine: one message per call (DATA)"
+    benchmark.pedantic(sendmail_like, args=(rcpts,), rounds=10, iterations=1)
+    benchmark.extra_info["us_per_msg"] = round(benchmark.stats.stats.median / N * 1e6, 2)
+
+
+def test_engine_bdat_window(benchmark):
+    """engine only: N messages over BDAT in windows of 32 (ENHANCEDSTATUSCODES)."""
+    benchmark.group = "engine: BDAT window"
+    benchmark.pedantic(bdat_window, rounds=10, iterations=1)
+    benchmark.extra_info["us_per_msg"] = round(benchmark.stats.stats.median / N * 1e6, 2)
