@@ -30,6 +30,8 @@ from .errors import (
 )
 from .smtp import _MAXCHALLENGE, SMTP, SMTP_PORT, SMTP_SSL, SMTP_SSL_PORT
 from .lmtp import LMTP, LMTP_PORT
+from .retry import Retry
+from .pool import SMTPPool
 
 try:
     import ssl as _ssl  # noqa: F401
@@ -54,4 +56,6 @@ __all__ = [
     "CRLF",
     "bCRLF",
     "HAS_EXTENSIONS",
+    "SMTPPool",
+    "Retry",
 ]
