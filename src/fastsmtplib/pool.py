@@ -138,6 +138,40 @@ class _Slot:
         self.gen = 0  # bumped at each open, so a late handshake result is recognised
 
 
+#: Messages ``send_many`` hands to the I/O thread at a time.
+_BATCH = 64
+
+
+class _Collector:
+    """Where the I/O thread puts one ``send_many`` call's results (instead of a
+    Future per message); the caller is woken once per loop turn, not per result."""
+
+    __slots__ = ("results", "waiting", "event", "pool")
+
+    def __init__(self, pool: "SMTPPool") -> None:
+        self.results: collections.deque = collections.deque()
+        self.waiting = False
+        self.event = threading.Event()
+        self.pool = pool
+
+    def set_running_or_notify_cancel(self) -> bool:
+        return True
+
+    def cancel(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return False
+
+    def set_result(self, result: SendResult) -> None:
+        self.results.append(result)
+        if self.waiting:
+            self.pool._notify.add(self)
+
+    def set_exception(self, exc: BaseException) -> None:  # pragma: no cover - internal error
+        self.set_result(SendResult(None, status=NOT_ATTEMPTED, exception=exc))
+
+
 class _Recorder:
     """Stands in for an engine so ``batch.submit_item`` can unpack an item (and
     flatten an ``email`` Message) in the caller's thread, not the I/O thread."""
@@ -247,6 +281,7 @@ class SMTPPool:
         self._cancel = False  # close(wait=False): drop what was not handed over
         self._lock = threading.Lock()  # submit vs close
         self._handshakes: collections.deque = collections.deque()  # (slot, gen, conn or exc)
+        self._notify: set = set()  # collectors with results for a waiting caller
         self._rng = random.Random()
         # I/O thread state.
         self._sel = selectors.DefaultSelector()
@@ -291,6 +326,22 @@ class SMTPPool:
             raise PoolClosed("the pool is closed")
         fut: Future = Future()
         fut._fsl_index = index  # type: ignore[attr-defined]
+        job = self._make_job(item, index, retry, mail_options, rcpt_options, fut)
+        if job is not None:
+            self._put([job])
+            if self._closed and not self._thread.is_alive():  # closed meanwhile: nobody will take it
+                _cancel(fut)
+        return fut
+
+    def _put(self, jobs: list) -> None:
+        self._queue.put(jobs)
+        if not self._woken:
+            self._woken = True
+            self._wake()
+
+    def _make_job(self, item: Any, index: Any, retry: Optional[Retry], mail_options: Sequence[str],
+                  rcpt_options: Sequence[str], fut: Any) -> Optional[_Job]:
+        """A job for ``item``, or None when the client refused it (``fut`` is then resolved)."""
         result = SendResult(index)
         if not (type(item) is tuple and len(item) == 3 and isinstance(item[2], (str, bytes))):
             # A Message (or an odd item): unpack and flatten it here, in the caller's thread.
@@ -302,17 +353,10 @@ class SMTPPool:
                 result.status, result.exception = FAILED, exc
                 fut.set_running_or_notify_cancel()
                 fut.set_result(result)
-                return fut
+                return None
             from_addr, to_addrs, msg, mail_options, rcpt_options = rec.args
             item = (from_addr, to_addrs, msg)
-        job = _Job(item, result, fut, retry if retry is not None else self.retry, mail_options, rcpt_options)
-        self._queue.put(job)
-        if self._closed and not self._thread.is_alive():  # closed meanwhile: nobody will take it
-            _cancel(fut)
-        if not self._woken:
-            self._woken = True
-            self._wake()
-        return fut
+        return _Job(item, result, fut, retry if retry is not None else self.retry, mail_options, rcpt_options)
 
     def _wake(self) -> None:
         try:
@@ -347,32 +391,46 @@ class SMTPPool:
 
     def _send_many(self, messages: Iterable[Any], limit: int, mail_options: tuple, rcpt_options: tuple,
                    retry: Optional[Retry]) -> Iterator[SendResult]:
-        done: queue.SimpleQueue = queue.SimpleQueue()
-        put = done.put
-        get = done.get
+        # Messages go to the I/O thread in batches and results come back in
+        # batches: one hand-off between the threads per batch, not per message.
+        col = _Collector(self)
+        results = col.results
+        source = enumerate(messages)
         outstanding = 0
-        for index, item in enumerate(messages):
-            while outstanding >= limit:
-                yield _outcome(get())
+        exhausted = False
+        while True:
+            if not exhausted and outstanding < limit:
+                batch: list = []
+                room = min(limit - outstanding, _BATCH)
+                for index, item in source:
+                    if self._closed:
+                        results.append(SendResult(index, status=NOT_ATTEMPTED,
+                                                  exception=PoolClosed("the pool is closed")))
+                        outstanding += 1
+                        continue
+                    job = self._make_job(item, index, retry, mail_options, rcpt_options, col)
+                    outstanding += 1
+                    if job is not None:
+                        batch.append(job)
+                        if len(batch) >= room:
+                            break
+                else:
+                    exhausted = True
+                if batch:
+                    self._put(batch)
+            while results:
                 outstanding -= 1
-            try:
-                fut = self._submit(item, index, retry, mail_options, rcpt_options)
-            except PoolClosed as exc:
-                yield SendResult(index, status=NOT_ATTEMPTED, exception=exc)
+                yield results.popleft()
+            if not outstanding:
+                if exhausted:
+                    return
                 continue
-            fut.add_done_callback(put)
-            outstanding += 1
-            # Hand back what is already done without waiting.
-            while outstanding:
-                try:
-                    f = done.get_nowait()
-                except queue.Empty:
-                    break
-                outstanding -= 1
-                yield _outcome(f)
-        while outstanding:
-            yield _outcome(get())
-            outstanding -= 1
+            if exhausted or outstanding >= limit:
+                col.waiting = True
+                if not results:
+                    col.event.wait(1.0)
+                col.event.clear()
+                col.waiting = False
 
     def sendmail(
         self,
@@ -452,6 +510,8 @@ class SMTPPool:
         sel.register(self._rsock, selectors.EVENT_READ, None)
         try:
             while True:
+                if self._notify:
+                    self._flush_notify()
                 now = _monotonic()
                 events = sel.select(self._select_timeout(now))
                 for key, mask in events:
@@ -474,12 +534,18 @@ class SMTPPool:
             self._abort(exc)
             raise
         finally:
+            self._flush_notify()
             for slot in self._slots:
                 if slot.state != _CLOSED:
                     self._close_slot(slot, polite=slot.eng is not None and slot.eng.idle)
             sel.close()
             self._rsock.close()
             self._wsock.close()
+
+    def _flush_notify(self) -> None:
+        notify = self._notify
+        while notify:
+            notify.pop().event.set()
 
     def _finished(self) -> bool:
         if self._cancel:
@@ -495,16 +561,21 @@ class SMTPPool:
         self._timers.clear()
         while True:
             try:
-                jobs.append(self._queue.get_nowait())
+                batch = self._queue.get_nowait()
             except queue.Empty:
                 break
-            self._unfinished += 1
+            jobs += batch
+            self._unfinished += len(batch)
         for job in jobs:
-            self._unfinished -= 1
-            if not _cancel(job.future):  # running (a retry): report its last outcome
-                if not job.result.status:
-                    job.result.status, job.result.exception = NOT_ATTEMPTED, exc
-                job.future.set_result(job.result)
+            self._drop(job, exc)
+
+    def _drop(self, job: _Job, exc: BaseException) -> None:
+        """Close(wait=False): cancel a message not handed over, or report its last outcome."""
+        self._unfinished -= 1
+        if not _cancel(job.future):  # a retry, or a send_many message
+            if not job.result.status:
+                job.result.status, job.result.exception = NOT_ATTEMPTED, exc
+            job.future.set_result(job.result)
 
     def _abort(self, exc: BaseException) -> None:  # pragma: no cover
         for slot in self._slots:
@@ -567,16 +638,17 @@ class SMTPPool:
         pending = self._pending
         while want > 0:
             try:
-                job = get()
+                batch = get()
             except queue.Empty:
                 return
-            self._unfinished += 1
+            self._unfinished += len(batch)
             if self._cancel:
-                self._unfinished -= 1
-                _cancel(job.future)
+                exc = PoolClosed("the pool was closed before this message was sent")
+                for job in batch:
+                    self._drop(job, exc)
                 continue
-            pending.append(job)
-            want -= 1
+            pending.extend(batch)
+            want -= len(batch)
 
     def _check_timers(self, now: float) -> None:
         timers = self._timers

@@ -442,3 +442,17 @@ def test_thousands_through_faults_server_ledger_proves_none_lost_or_doubled():
             assert 12 <= roll("dot", subject, srv.bodies[subject]) < 13, r
     assert sum(srv.accepted.values()) == by_status["delivered"]
     assert not srv.errors
+
+
+def test_reply_timeout_after_the_body_is_uncertain_and_not_resent():
+    def policy(ev):
+        if ev.command == ".":
+            time.sleep(1.0)  # longer than the pool's timeout: the reply comes too late
+        return None
+
+    with PoolServer(policy) as srv, pool_for(srv, size=1, timeout=0.3) as pool:
+        r = pool.submit(FROM, TO, msg(1)).result(10)
+        assert r.status == "uncertain" and r.attempts == 1
+        assert isinstance(r.exception, fastsmtplib.SMTPReplyTimeout)
+        assert pool.stats["reply_timeouts"] == 1
+    assert srv.bodies["m1"] == 1
