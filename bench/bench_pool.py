@@ -213,7 +213,8 @@ if pytest is not None and "pytest" in sys.modules and __name__ != "__main__":
             cpu.append(_cpu() - c0)
 
         benchmark.pedantic(target, setup=setup, rounds=3, iterations=1)
-        benchmark.extra_info["msgs_per_s"] = _N / benchmark.stats.stats.median
+        if benchmark.stats is not None:  # None with --benchmark-disable
+            benchmark.extra_info["msgs_per_s"] = _N / benchmark.stats.stats.median
         benchmark.extra_info["cpu_us_per_msg"] = sum(cpu) / len(cpu) * 1e6 / _N
 
 
