@@ -587,12 +587,16 @@ class SMTPPool:
                 job.future.set_exception(exc)
 
     def _drain_wake(self) -> None:
-        self._woken = False
+        # Drain first, then clear the flag: cleared first, a caller's wake-up
+        # byte could be drained here while its flag stays set, and every later
+        # put would then skip waking a loop blocked in select (a lost wake-up,
+        # seen as 1 s stalls).  The queue is read after this, in _take_new.
         try:
             while self._rsock.recv(4096):
                 pass
         except (BlockingIOError, InterruptedError):
             pass
+        self._woken = False
 
     def _select_timeout(self, now: float) -> Optional[float]:
         when = None
