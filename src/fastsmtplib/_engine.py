@@ -514,12 +514,7 @@ class Engine:
         try:
             replies = self.parser.feed(data)
         except ReplyLimitError as exc:
-            if exc.kind == "line":
-                # Same code and text as the stdlib's over-long line error.
-                err = SMTPReplyTooLong(500, "Line too long.")
-            else:
-                err = SMTPReplyTooLong(500, str(exc))
-            self._stop(err)
+            self._stop(SMTPReplyTooLong.from_limit(exc))
             return self.take_results()
         return self.receive_replies(replies)
 

@@ -55,6 +55,13 @@ class SMTPReplyTooLong(SMTPResponseException):
     "Line too long.")``; this is that exception, made specific.
     """
 
+    @classmethod
+    def from_limit(cls, exc: Exception) -> "SMTPReplyTooLong":
+        """The exception for the parser's ``ReplyLimitError`` ``exc``."""
+        if getattr(exc, "kind", None) == "line":
+            return cls(500, "Line too long.")  # the stdlib's code and text
+        return cls(500, str(exc))
+
 
 class SMTPMessageTooLarge(SMTPSenderRefused):
     """The message exceeds the SIZE the server advertised (RFC 1870 §4).

@@ -493,10 +493,7 @@ class SMTP:
             return self._parser.feed(chunk)
         except ReplyLimitError as exc:
             self.close()
-            if exc.kind == "line":
-                # Same code and text as the stdlib's over-long line error.
-                raise SMTPReplyTooLong(500, "Line too long.") from None
-            raise SMTPReplyTooLong(500, str(exc)) from None
+            raise SMTPReplyTooLong.from_limit(exc) from None
 
     def _read_replies_sock(self, sock: Any) -> list[tuple[int, bytes]]:
         """``_read_replies`` through the socket object's own methods (TLS, doubles)."""
