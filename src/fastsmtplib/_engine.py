@@ -556,18 +556,17 @@ class Engine:
         elif code in _POSITIVE[kind]:
             if code == 354:
                 sig = "I"
-            elif self.enhanced and _CLASS[kind] is not None and text[:2] == b"2.":
+            elif self.enhanced and _CLASS[kind] is not None and text.startswith(b"2."):
                 # RFC 3463 §2: class "." subject "." detail, at the start of the text.
-                dot = text.find(b".", 2)
-                subject = text[2:dot]
-                if dot > 2 and subject.isdigit():
-                    sig = "A" if subject == b"1" else "D"
-                    if sig != _CLASS[kind]:
-                        self._stop(SMTPPipelineError(code, b"reply to the wrong command (enhanced code for "
-                                                     + _KIND_NAMES[kind].encode() + b"): " + text[:200]))
-                        return
+                if text.startswith(b"2.1."):
+                    sig = "A"
                 else:
-                    sig = "2"
+                    dot = text.find(b".", 2)
+                    sig = "D" if dot > 2 and text[2:dot].isdigit() else "2"
+                if sig != "2" and sig != _CLASS[kind]:
+                    self._stop(SMTPPipelineError(code, b"reply to the wrong command (enhanced code for "
+                                                 + _KIND_NAMES[kind].encode() + b"): " + text[:200]))
+                    return
             else:
                 sig = "2"
         else:

@@ -29,6 +29,7 @@ from .errors import SMTPMessageTooLarge, SMTPNotSupportedError
 __all__ = ["Encoder", "Prepared"]
 
 _encode_envelope = getattr(_wire, "encode_envelope", None)
+_NO_SUFFIX = (b"", b"")  # no MAIL or RCPT parameters
 
 
 class Prepared:
@@ -97,6 +98,8 @@ class Encoder:
     # -- the common case -------------------------------------------------------
 
     def _suffix(self, mail_options: Sequence[str], rcpt_options: Sequence[str]) -> tuple[bytes, bytes] | None:
+        if not mail_options and not rcpt_options:
+            return _NO_SUFFIX
         key = (tuple(mail_options), tuple(rcpt_options))
         try:
             return self._suffixes[key]
