@@ -456,3 +456,18 @@ def test_reply_timeout_after_the_body_is_uncertain_and_not_resent():
         assert isinstance(r.exception, fastsmtplib.SMTPReplyTimeout)
         assert pool.stats["reply_timeouts"] == 1
     assert srv.bodies["m1"] == 1
+
+
+def test_lmtp_over_tcp_reports_every_recipient(aiosmtpd_factory):
+    # RFC 2033 §4.2 over TCP: one reply per accepted recipient after the data,
+    # each in the result; a recipient refused after the data makes it partial.
+    srv = aiosmtpd_factory(lmtp=True, lmtp_data_replies={"full@example.org": "452 4.2.2 mailbox full"})
+    with SMTPPool(srv.host, srv.port, lmtp=True, local_hostname=HOST, timeout=5, size=2) as pool:
+        results = sorted(pool.send_many((FROM, ["a@example.org", "full@example.org"], msg(i)) for i in range(4)),
+                         key=lambda r: r.index)
+    assert [str(r.status) for r in results] == ["partial"] * 4
+    for r in results:
+        assert [rcpt for rcpt, _ in r.data_replies] == ["a@example.org", "full@example.org"]
+        assert r.recipients["full@example.org"] == (452, b"4.2.2 mailbox full")
+        assert r.recipients["a@example.org"][0] == 250
+    assert len(srv.messages) == 4
