@@ -23,7 +23,7 @@ EXIT_CODES = """\
 exit codes:
   0  success
   1  the command failed (demo: aiosmtpd is not installed, or a message was
-     not delivered)
+     not delivered; sink: the address could not be bound)
   2  usage error: no command, an unknown command, or a bad option or argument
 """
 
@@ -89,6 +89,81 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- sink ---------------------------------------------------------------------
+
+SINK_HELP = "run a fast discard SMTP/LMTP server (for tests and benchmarks)"
+SINK_DESCRIPTION = """\
+Accept mail and discard it (or keep each message as a file with --store), on
+TCP (--host/--port) or a Unix socket (--unix), speaking SMTP or LMTP (--lmtp).
+Advertises PIPELINING, CHUNKING, BINARYMIME, 8BITMIME, SMTPUTF8,
+ENHANCEDSTATUSCODES and SIZE.  Prints where it listens, runs until Ctrl-C or
+SIGTERM, then prints its counters (connections, messages, recipients, bytes,
+replies per code) and exits 0.  Limits: see `pydoc fastsmtplib.sink`."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not an integer: %r" % text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1: %r" % text)
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a port number: %r" % text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError("not a port number (0-65535): %r" % text)
+    return value
+
+
+def cmd_sink(args: argparse.Namespace) -> int:
+    import signal
+
+    from .sink import Sink
+
+    sink = Sink(
+        args.host,
+        args.port,
+        path=args.unix,
+        lmtp=args.lmtp,
+        size=args.size,
+        store=args.store,
+        max_connections=args.max_connections,
+    )
+    try:
+        sink.bind()
+    except OSError as exc:
+        where = args.unix if args.unix else "%s:%d" % (args.host, args.port)
+        print("%s sink: cannot listen on %s: %s" % (PROG, where, exc), file=sys.stderr)
+        return EXIT_FAILURE
+
+    def stop(signum: int, frame: object) -> None:
+        sink.stop()
+
+    old = signal.signal(signal.SIGTERM, stop)
+    proto = "LMTP" if args.lmtp else "SMTP"
+    where = "unix:%s" % sink.path if sink.path else "%s:%d" % (sink.host, sink.port)
+    print("%s sink: %s on %s" % (PROG, proto, where), flush=True)
+    try:
+        sink.serve_forever()
+    except KeyboardInterrupt:
+        sink.stop()
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    counts = sink.counts
+    replies = counts.pop("replies")
+    counts.pop("active", None)
+    for key, value in counts.items():
+        print("%s %d" % (key, value))
+    print("replies %s" % " ".join("%d:%d" % kv for kv in sorted(replies.items())), flush=True)
+    return EXIT_OK
+
+
 # -- parser -------------------------------------------------------------------
 
 
@@ -111,6 +186,27 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.set_defaults(func=cmd_demo, command_parser=demo)
+
+    from .sink import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SIZE, MAX_CONNECTIONS
+
+    sink = commands.add_parser(
+        "sink",
+        help=SINK_HELP,
+        description=SINK_DESCRIPTION,
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sink.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default %(default)s)")
+    sink.add_argument("--port", type=_port, default=DEFAULT_PORT,
+                      help="TCP port, 0 for a free one (default %(default)s)")
+    sink.add_argument("--unix", metavar="PATH", help="listen on this Unix socket instead of TCP")
+    sink.add_argument("--lmtp", action="store_true", help="speak LMTP (LHLO, one reply per recipient)")
+    sink.add_argument("--size", metavar="BYTES", type=_positive_int, default=DEFAULT_SIZE,
+                      help="SIZE limit: larger messages are refused with 552 (default %(default)s)")
+    sink.add_argument("--store", metavar="DIR", help="write each accepted message (envelope + content) to DIR")
+    sink.add_argument("--max-connections", metavar="N", type=_positive_int, default=MAX_CONNECTIONS,
+                      help="refuse connections past N with 421 (default %(default)s)")
+    sink.set_defaults(func=cmd_sink, command_parser=sink)
     return parser
 
 
