@@ -6,7 +6,9 @@ Unix socket), and raw sockets for what no client library does on purpose:
 lock-step and pipelined scripts, a client that floods commands without
 reading, over-long lines, random garbage, a DATA terminator split across
 writes.  Stored content must be byte-identical to what the client meant
-(after dot-unstuffing), lines starting with dots included.
+(after dot-unstuffing), lines starting with dots included.  The last test
+feeds the session parser directly: random content (dots, bare CR and LF)
+cut into random pieces, 300 messages per seed.
 """
 
 from __future__ import annotations
@@ -466,3 +468,51 @@ def test_cli_bind_failure_exits_1():
         r = run_cli("sink", "--port", str(s.port))
         assert r.returncode == 1
         assert "cannot listen" in r.stderr
+
+
+# -- the DATA scanner, fed in random pieces ----------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_data_scanner_random_content_random_splits(tmp_path, seed):
+    """Random content (dots, bare CR and LF, empty lines) stuffed, cut at random places,
+    fed straight to the session parser: each message comes out byte-identical."""
+    from fastsmtplib.sink import _Session
+
+    rng = random.Random(seed)
+    sink = Sink(port=0, store=tmp_path)
+    tmp_path.mkdir(exist_ok=True)
+    a, b = socket.socketpair()
+    try:
+        sess = _Session(a)
+        sess.greeted = True
+        alphabet = [b".", b"..", b"\r", b"\n", b"x", b"yz", b" ", b"\x00\xff"]
+        expected = []
+        wire = bytearray()
+        for i in range(300):
+            lines = []
+            for _ in range(rng.randrange(0, 8)):
+                line = b"".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 6)))
+                while b"\r\n" in line:  # a line holds no CRLF (bare CR and LF are fine)
+                    line = line.replace(b"\r\n", b"\r")
+                lines.append(line)
+            content = b"".join(l + b"\r\n" for l in lines)
+            expected.append(content)
+            stuffed = b"".join((b"." + l if l.startswith(b".") else l) + b"\r\n" for l in lines)
+            wire += b"MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n" + stuffed + b".\r\n"
+        pos = 0
+        while pos < len(wire):
+            step = rng.choice([1, 2, 3, 5, 7, 64, 1000])
+            sess.inbuf += wire[pos:pos + step]
+            pos += step
+            sink._process(sess)
+        assert not sess.inbuf
+        got = [m.content for m in sink.stored()]
+        assert len(got) == len(expected)
+        for i, (g, e) in enumerate(zip(got, expected)):
+            assert g == e, i
+        assert sink.counts["bytes"] == sum(map(len, expected))
+        assert sink.counts["replies"][250] == 300 * 3
+    finally:
+        a.close()
+        b.close()
