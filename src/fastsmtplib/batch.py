@@ -74,17 +74,14 @@ def submit_item(eng: Any, item: Any, result: SendResult, mail_options: Sequence[
         from_addr, to_addrs, msg = _unpack(item)
         if hasattr(msg, "get_all"):
             from_addr, to_addrs = _message.envelope(msg, from_addr, to_addrs)
-            result.from_addr, result.to_addrs = from_addr, to_addrs
             utf8 = _message.needs_smtputf8(from_addr, to_addrs)
             if utf8:
                 mail_options = (*mail_options, "SMTPUTF8", "BODY=8BITMIME")
             msg = _message.flatten(msg, utf8=utf8)
-    if isinstance(to_addrs, str):
-        to_addrs = [to_addrs]
+    # Set before submitting, so that a message the client refuses is reported
+    # with its envelope.
     result.from_addr = from_addr
-    if to_addrs is not None and not isinstance(to_addrs, (list, tuple)):
-        to_addrs = list(to_addrs)
-    result.to_addrs = to_addrs if isinstance(to_addrs, list) else list(to_addrs or ())
+    result.to_addrs = [to_addrs] if isinstance(to_addrs, str) else list(to_addrs or ())
     if not result.to_addrs:
         raise ValueError("message has no recipients")
     eng.submit(result.index, from_addr, result.to_addrs, msg, mail_options, rcpt_options, result=result)

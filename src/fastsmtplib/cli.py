@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 import fastsmtplib
 
@@ -167,6 +167,14 @@ def cmd_sink(args: argparse.Namespace) -> int:
 # -- parser -------------------------------------------------------------------
 
 
+def _command(commands: Any, name: str, help: str, description: str, func: Any) -> argparse.ArgumentParser:
+    """One subcommand: its help, description, the exit codes, and what runs it."""
+    parser = commands.add_parser(name, help=help, description=description, epilog=EXIT_CODES,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(func=func, command_parser=parser)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -178,24 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the version and whether the compiled extension is active, then exit")
     commands = parser.add_subparsers(dest="command", title="commands", metavar="<command>")
 
-    demo = commands.add_parser(
-        "demo",
-        help=DEMO_HELP,
-        description=DEMO_DESCRIPTION,
-        epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    demo.set_defaults(func=cmd_demo, command_parser=demo)
+    _command(commands, "demo", DEMO_HELP, DEMO_DESCRIPTION, cmd_demo)
 
     from .sink import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SIZE, MAX_CONNECTIONS
 
-    sink = commands.add_parser(
-        "sink",
-        help=SINK_HELP,
-        description=SINK_DESCRIPTION,
-        epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    sink = _command(commands, "sink", SINK_HELP, SINK_DESCRIPTION, cmd_sink)
     sink.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default %(default)s)")
     sink.add_argument("--port", type=_port, default=DEFAULT_PORT,
                       help="TCP port, 0 for a free one (default %(default)s)")
@@ -206,7 +201,6 @@ def build_parser() -> argparse.ArgumentParser:
     sink.add_argument("--store", metavar="DIR", help="write each accepted message (envelope + content) to DIR")
     sink.add_argument("--max-connections", metavar="N", type=_positive_int, default=MAX_CONNECTIONS,
                       help="refuse connections past N with 421 (default %(default)s)")
-    sink.set_defaults(func=cmd_sink, command_parser=sink)
     return parser
 
 
