@@ -108,10 +108,16 @@ class SendResult:
         attempts: how many times the message was handed to a server.
         data_replies: LMTP: ``(recipient, reply)`` after the data, one per
             accepted recipient, in RCPT order (RFC 2033 §4.2).
+        sent_at, done_at: ``time.monotonic()`` when the message's first byte
+            was written and when its outcome was known, set by ``SMTPPool``
+            (None elsewhere); their difference is the latency a load
+            generator reports.  Not compared by ``==``.
     """
 
     # Slots, not a dataclass: one is made per message at tens of thousands a second.
-    __slots__ = ("index", "from_addr", "to_addrs", "status", "recipients", "reply", "exception", "attempts", "data_replies")
+    __slots__ = ("index", "from_addr", "to_addrs", "status", "recipients", "reply", "exception", "attempts",
+                 "data_replies", "sent_at", "done_at")
+    _COMPARED = __slots__[:-2]
 
     def __init__(
         self,
@@ -134,9 +140,11 @@ class SendResult:
         self.exception = exception
         self.attempts = attempts
         self.data_replies = [] if data_replies is None else data_replies
+        self.sent_at: float | None = None
+        self.done_at: float | None = None
 
     def _fields(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in self.__slots__)
+        return tuple(getattr(self, name) for name in self._COMPARED)
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
