@@ -1,15 +1,18 @@
 """DKIM signing (RFC 6376) for bulk mail: rsa-sha256 and ed25519-sha256 (RFC 8463), relaxed/relaxed.
 
 Built on ``dkimpy`` (the ``campaign`` extra): its header canonicalisation,
-header selection (``hash_headers``, which also handles over-signing), tag
-folding and body canonicalisation are used as they are, so a signature made
-here is what ``dkim.sign`` would make and ``dkim.verify`` checks it.  Two
-things differ, both for speed in a campaign of one body to many recipients:
+header selection (``hash_headers``, which also handles over-signing) and tag
+folding are used as they are, so a signature made here is what ``dkim.sign``
+would make, and ``dkim.verify`` checks it.  Three things differ, all for speed
+in a campaign of one body to many recipients:
 
 * The body hash (``bh=``) is computed once per distinct body: ``dkim.sign``
-  canonicalises and hashes the body on every call (about 1 ms for 20 KB), while
-  :class:`DkimSigner` keeps the hashes of recent bodies keyed by the body
-  bytes.  A newsletter without placeholders in its body hashes it once.
+  canonicalises and hashes the body on every call, while :class:`DkimSigner`
+  keeps the hashes of recent bodies keyed by the body bytes.  A newsletter
+  without placeholders in its body is hashed once.
+* A body that is hashed is canonicalised by :func:`relaxed_body`, which gives
+  dkimpy's result (a property test compares them) in about a tenth of the
+  time (dkimpy: about 1 ms for 20 KB of HTML).
 * The private-key operation is done by ``cryptography`` (OpenSSL) rather than
   dkimpy's pure-Python RSA: about 0.4 ms instead of 9 ms per 2048-bit
   signature here.  The signed data is the same (the SHA-256 digest of the
@@ -26,15 +29,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import time
 from typing import Sequence
 
-__all__ = ["DkimSigner", "DkimError", "generate_key", "DEFAULT_SIGNED_HEADERS"]
+__all__ = ["DkimSigner", "DkimError", "generate_key", "body_hash", "relaxed_body", "DEFAULT_SIGNED_HEADERS"]
 
 try:
     import dkim as _dkim
     from dkim.canonicalization import CanonicalizationPolicy as _Policy
-    from dkim.canonicalization import Relaxed as _Relaxed
     from cryptography.hazmat.primitives import hashes as _hashes
     from cryptography.hazmat.primitives import serialization as _serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519 as _ed25519
@@ -82,10 +85,36 @@ def _as_bytes(x: str | bytes, what: str) -> bytes:
     return b
 
 
+_SPACE_RUNS = re.compile(b"  +")
+
+
+def relaxed_body(body: bytes) -> bytes:
+    """The relaxed canonical body (RFC 6376 §3.4.4); equal to dkimpy's, about 10x faster.
+
+    dkimpy substitutes every whitespace run with a regex, which visits every
+    space of the body.  Here: tabs become spaces (a run of WSP becomes one SP
+    either way), only runs of two or more spaces go through a regex (it has a
+    literal prefix, so the engine skips to them), and the one space left
+    before a line end is dropped with a plain replace.  Then trailing empty
+    lines are removed and a non-empty body ends with CRLF.  A property test
+    checks it against ``dkim.canonicalization.Relaxed``.
+    """
+    if b"\t" in body:
+        body = body.replace(b"\t", b" ")
+    if b"  " in body:
+        body = _SPACE_RUNS.sub(b" ", body)
+    body = body.replace(b" \r\n", b"\r\n")
+    end = len(body)
+    while body.endswith(b"\r\n", 0, end):
+        end -= 2
+    if end == 0:
+        return b""
+    return body[: end + 2] if end < len(body) else body + b"\r\n"
+
+
 def body_hash(body: bytes) -> bytes:
     """``bh=``: base64 SHA-256 of the relaxed-canonical body (RFC 6376 §3.4.4, §3.7)."""
-    _need_extra()
-    return base64.b64encode(hashlib.sha256(_Relaxed.canonicalize_body(body)).digest())
+    return base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
 
 
 class DkimSigner:
@@ -174,7 +203,9 @@ class DkimSigner:
             headers, _ = _dkim.rfc822_parse(head + b"\r\n")
         except _dkim.MessageFormatError as exc:
             raise DkimError(str(exc)) from None
-        include = [x.lower() for x, _ in headers if x.lower() in self._names]
+        # Only the fields that are signed take part in the hash: canonicalise just those.
+        headers = [h for h in headers if h[0].lower() in self._names]
+        include = [x.lower() for x, _ in headers]
         if b"from" not in include:
             raise DkimError("message has no From header field")
         include += sorted(n for n in set(include) if n.decode() in _OVERSIGNED)

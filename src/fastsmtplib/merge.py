@@ -62,6 +62,7 @@ import binascii
 import datetime
 import email.policy
 import email.utils
+import functools
 import html
 import ipaddress
 import os
@@ -707,6 +708,11 @@ def _extra_header(name: str, value: str) -> bytes:
 
 # --------------------------------------------------------------------------- unsubscribe
 
+@functools.lru_cache(maxsize=16)
+def _split_cached(text: str) -> tuple[Any, ...]:
+    return tuple(_split_placeholders(text))
+
+
 _URL_UNSAFE = re.compile(r"[\x00-\x20\x7f<>\"\\^`{|}]")
 
 
@@ -737,7 +743,7 @@ def unsubscribe_headers(
     targets = []
     https = False
     if url_template is not None:
-        pieces = _split_placeholders(url_template)
+        pieces = _split_cached(url_template)
         names = {p[0] for p in pieces[1::2]} - {"to_addr"}
         vals = _row_values(row, names)
         vals["to_addr"] = to_addr

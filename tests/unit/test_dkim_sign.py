@@ -160,3 +160,22 @@ def test_errors():
         signer.sign(b"Subject: x\r\n\r\nbody\r\n")
     with pytest.raises(DkimError):
         signer.sign(b"no separator at all")
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from fastsmtplib.dkim_sign import relaxed_body  # noqa: E402
+
+_body_bytes = st.lists(
+    st.sampled_from([b" ", b"  ", b"\t", b" \t ", b"\r\n", b"\r", b"\n", b"a", b"xyz", b"\xc3\xa9", b"."]),
+    max_size=80,
+).map(b"".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_body_bytes)
+def test_relaxed_body_equals_dkimpy(body):
+    from dkim.canonicalization import Relaxed
+
+    assert relaxed_body(body) == Relaxed.canonicalize_body(body)
