@@ -527,9 +527,14 @@ class Template:
             raise TemplateError("the template needs exactly one From header")
         self.from_addr = str(from_values[0])
         addrs = email.utils.getaddresses([self.from_addr])
-        self._msgid_domain = (
-            addrs[0][1].rpartition("@")[2] if addrs and "@" in addrs[0][1] else "localhost"
-        )
+        domain = addrs[0][1].rpartition("@")[2] if addrs and "@" in addrs[0][1] else ""
+        try:
+            domain = domain.encode("idna").decode("ascii") if domain else "localhost"
+        except UnicodeError:
+            domain = "localhost"
+        if not re.fullmatch(r"[A-Za-z0-9.\-\[\]:]+", domain):
+            domain = "localhost"
+        self._msgid_domain = domain  # the right side of generated Message-IDs
         headers: list[_HeaderTemplate] = []
         first: dict[str, _HeaderTemplate] = {}
         for name, value in message.items():
@@ -686,7 +691,7 @@ class Template:
         if message_id is None:
             out.append(
                 b"Message-ID: <" + secrets.token_hex(16).encode("ascii") + b"@"
-                + self._msgid_domain.encode("ascii", "replace") + b">\r\n"
+                + self._msgid_domain.encode("ascii") + b">\r\n"
             )
         else:
             mid = message_id if message_id.startswith("<") else "<" + message_id + ">"

@@ -397,3 +397,20 @@ def test_normalize_address():
     assert normalize_address("Ann.Lee@Example.COM", fold_local=False) == "Ann.Lee@example.com"
     assert normalize_address(" a+b@X.org ") == "a+b@x.org"
     assert normalize_address("a.b@x.org") != normalize_address("ab@x.org")
+
+
+def test_generated_message_ids_are_unique_and_ascii():
+    t = Template.from_parts("S", text="x", from_addr="Bücher <info@bücher.de>")
+    ids = {parse(t.render({}, to_addr="a@example.org"))["Message-ID"] for _ in range(50)}
+    assert len(ids) == 50
+    assert all(re.fullmatch(r"<[0-9a-f]{32}@xn--bcher-kva\.de>", i) for i in ids)
+
+
+def test_header_folding_keeps_lines_short():
+    long_ascii = " ".join(["word"] * 100)
+    t = Template.from_parts("{{ s }}", text="x", from_addr=FROM)
+    for value in (long_ascii, "é" * 300, "x" * 2000, "two  spaces and trail  "):
+        data = t.render({"s": value}, to_addr="a@example.org")
+        head = data.split(b"\r\n\r\n")[0]
+        assert max(map(len, head.split(b"\r\n"))) <= 78
+        assert parse(data)["Subject"] == value
