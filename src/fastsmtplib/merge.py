@@ -157,7 +157,15 @@ def _row_values(row: Mapping[str, Any], names: Iterable[str]) -> dict[str, str]:
         if v is None:
             missing.append(n)
             continue
-        vals[n] = v if type(v) is str else str(v)
+        if type(v) is not str:
+            v = str(v)
+        if not v.isascii():
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                # A lone surrogate (bytes that were not UTF-8, smuggled into a str).
+                raise MergeError(f"merge field {n!r} is not valid Unicode text: {v!r}") from None
+        vals[n] = v
     if missing:
         raise MissingFieldError(missing)
     return vals
@@ -365,7 +373,8 @@ class _TextPart:
         escape: bool,
         allow_8bit: bool,
     ) -> None:
-        self.context = _HTML if content_type == "text/html" else _TEXT
+        # text/html, and HTML variants such as AMP's text/x-amp-html, are escaped.
+        self.context = _HTML if "html" in content_type else _TEXT
         self.escape = escape
         text = _NEWLINES.sub("\r\n", text)
         pieces = _split_placeholders(text)
@@ -405,7 +414,7 @@ class _TextPart:
                 v = _NEWLINES.sub("\r\n", v)
             if raw and self.needs_qp.search(v):
                 raw = False
-            b = v.encode("utf-8", "surrogateescape")
+            b = v.encode("utf-8")  # _row_values refused lone surrogates
             total += len(b)
             values.append(b)
         if raw and self.max_line + total > _MAX_LINE:

@@ -414,3 +414,10 @@ def test_header_folding_keeps_lines_short():
         head = data.split(b"\r\n\r\n")[0]
         assert max(map(len, head.split(b"\r\n"))) <= 78
         assert parse(data)["Subject"] == value
+
+
+def test_lone_surrogate_value_is_refused():
+    t = Template.from_parts("S", text="{{ v }}", from_addr=FROM)
+    for bad in ("\udcff", "a\ud800b"):
+        with pytest.raises(MergeError, match="'v'"):
+            t.render({"v": bad}, to_addr="a@example.org")
