@@ -525,7 +525,10 @@ class Template:
             html_escape: escape values in text/html parts (``{{ x | raw }}`` opts
                 out per placeholder, ``False`` for the whole template).
             allow_8bit: write non-ASCII text parts as ``8bit`` (needs a server
-                with 8BITMIME, RFC 6152) instead of quoted-printable.
+                with 8BITMIME, RFC 6152) instead of quoted-printable.  A relay
+                without 8BITMIME may convert the part to quoted-printable and so
+                break a DKIM signature: leave it off for mail that leaves your
+                own servers signed.
         Raises:
             TemplateError: no From header, a bad header, an unknown filter.
         """
