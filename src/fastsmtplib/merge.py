@@ -461,7 +461,7 @@ def _compile_part(
         skip = _PART_SKIP | frozenset(k for k in own if not k.startswith("content-"))
     else:
         skip = _PART_SKIP
-    if part.is_multipart():
+    if part.get_content_maintype() == "multipart":
         boundary = _new_boundary()
         b = boundary.encode("ascii")
         params = [(k, v) for k, v in part.get_params()[1:] if k.lower() != "boundary"]
@@ -724,6 +724,8 @@ class Template:
                 it.render(vals, out)
         if dkim is None:
             return b"".join(out)
+        if not hasattr(dkim, "sign_split"):
+            return dkim.sign(b"".join(out))  # any signer with sign(bytes) -> bytes
         head = b"".join(out[:body_start])
         body = b"".join(out[body_start:])
         return dkim.sign_split(head[:-2], body, bh=self._body_hash(out, body_start)) + head + body

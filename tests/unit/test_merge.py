@@ -421,3 +421,20 @@ def test_lone_surrogate_value_is_refused():
     for bad in ("\udcff", "a\ud800b"):
         with pytest.raises(MergeError, match="'v'"):
             t.render({"v": bad}, to_addr="a@example.org")
+
+
+def test_from_eml_keeps_an_attached_message_whole():
+    inner = b"From: a@example.com\r\nSubject: inner {{ x }}\r\n\r\ninner body {{ x }}\r\n"
+    eml = (
+        b"From: s@example.com\r\nSubject: outer\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n'
+        b"--B\r\nContent-Type: text/plain\r\n\r\nHello {{ x }}\r\n"
+        b"--B\r\nContent-Type: message/rfc822\r\n\r\n" + inner + b"--B--\r\n"
+    )
+    t = Template.from_bytes(eml)
+    assert t.fields == {"x"}  # placeholders inside the attached message are its text, not ours
+    msg = parse(t.render({"x": "<1>"}, to_addr="a@example.org"))
+    assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "message/rfc822"]
+    att = list(msg.iter_parts())[1].get_content()
+    assert att["Subject"] == "inner {{ x }}"
+    assert att.get_content() == "inner body {{ x }}\r\n"
