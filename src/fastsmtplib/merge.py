@@ -30,7 +30,10 @@ Where the value goes decides how it is written:
 * ``{{ name | url }}`` percent-encodes the value (every byte but the RFC 3986
   unreserved characters), for links such as ``https://x.example/u?e={{ email | url }}``.
 
-In bodies, line ends in values are normalised to CRLF.  Every placeholder name
+Placeholders are filled in the headers and in every text part that is not an
+attachment; attachments, images and attached messages (``message/*``) go out
+byte for byte as the template has them.  In bodies, line ends in values are
+normalised to CRLF.  Every placeholder name
 used anywhere is in :attr:`Template.fields`; a row without one of them (or
 with ``None`` for it, as ``csv.DictReader`` gives for short rows) raises
 :class:`MissingFieldError` naming every missing field.
@@ -48,6 +51,24 @@ decode to exactly the personalised text.  Multipart boundaries contain ``=_``,
 which quoted-printable never produces (a literal ``=`` becomes ``=3D``), and a
 raw part whose values contain ``=_`` goes quoted-printable, so no value can
 forge a boundary.
+
+DKIM
+----
+``template.render(row, ..., dkim=signer)`` returns the message signed by a
+:class:`fastsmtplib.dkim_sign.DkimSigner`.  The body hash is streamed from the
+compiled pieces: their complete lines were canonicalised once, so per
+recipient only the lines that hold a value are, and a body without
+placeholders is hashed once per template.  ``signer.sign(template.render(...))``
+gives the same result, canonicalising the whole body each time.
+
+Usage::
+
+    t = Template.from_parts("News for {{ first_name }}", html=html, text=text,
+                            from_addr="News <news@example.com>")
+    t.missing_fields(csv_reader.fieldnames)          # [] or the names to report
+    extra = unsubscribe_headers(row, url_template="https://example.com/u?e={{ to_addr }}",
+                                to_addr=row["email"])
+    message = t.render(row, to_addr=row["email"], extra_headers=extra, dkim=signer)
 
 The template's own ``To``, ``Message-ID``, ``Date``, ``Bcc``, ``MIME-Version``,
 ``Content-*``, ``Received``, ``Return-Path`` and ``DKIM-Signature`` headers are
