@@ -726,7 +726,7 @@ class Sink:
             want |= selectors.EVENT_READ
         if self._sendable(s):
             want |= selectors.EVENT_WRITE
-        if want == s.events:
+        if want == s.events and want:
             return
         sel = self._sel
         assert sel is not None
@@ -734,8 +734,8 @@ class Sink:
             if s.closing and not s.held:
                 self._close(s)  # closing and everything that can be sent was
                 return
-            # Only delayed replies are owed (a timer resumes it) or a
-            # handshake-less TLS session is closing: stop watching it.
+            # Only delayed replies are owed (a timer resumes it): stop
+            # watching the socket until then.
             if s.events:
                 sel.unregister(s.sock)
                 s.events = 0
