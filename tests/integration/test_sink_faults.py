@@ -294,6 +294,7 @@ def test_idle_client_that_never_reads_is_closed():
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect((s.host, s.port))
+        assert sock.recv(100).startswith(b"220 ")  # accepted
         sock.setblocking(False)
         try:
             for _ in range(2000):
