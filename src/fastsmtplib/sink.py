@@ -249,7 +249,7 @@ class _Session:
         "sock", "inbuf", "out", "outlen", "state", "bol", "remaining", "last", "discard", "greeted",
         "mail", "rcpts", "body_len", "too_big", "parts", "binary", "bdat_ok", "closing", "closed", "events",
         "stalled", "tls", "wire", "held", "upgrade", "drop_armed", "active", "rng", "ncmd", "accepted",
-        "auth_step", "auth_user", "authed", "started",
+        "auth_step", "auth_user", "authed", "started", "timer",
     )
 
     def __init__(self, sock: socket.socket) -> None:
@@ -257,6 +257,7 @@ class _Session:
         self.tls: Any = None  # a sink_tls.TLSLayer once TLS is on
         self.wire = bytearray()  # TLS: encrypted bytes not yet sent (or the plain 220 to STARTTLS)
         self.held: Any = None  # delay: deque of (due, reply bytes) not yet released
+        self.timer = 0.0  # delay: when this session's one timer (in Sink._timers) fires; 0: none
         self.upgrade = False  # STARTTLS answered: switch to TLS once the 220 is on its way
         self.drop_armed = False  # drop_in_data: close as soon as this message's content arrives
         self.active = 0.0  # monotonic time of the last read or send that made progress
@@ -592,6 +593,7 @@ class Sink:
                             self._on_readable(s)
                 while timers and timers[0][0] <= now:
                     s = heapq.heappop(timers)[2]
+                    s.timer = 0.0
                     if not s.closed:
                         self._flush(s)
                 if now >= self._next_idle_check:
@@ -892,13 +894,12 @@ class Sink:
     def _hold(self, s: _Session, line: bytes) -> None:
         """delay: keep ``line`` until its time; one timer per session, for its oldest reply."""
         due = time.monotonic() + self._delay
-        if not s.held:
-            if s.held is None:
-                import collections
-                s.held = collections.deque()
-            self._timer_seq += 1
-            heapq.heappush(self._timers, (due, self._timer_seq, s))
+        if s.held is None:
+            import collections
+            s.held = collections.deque()
         s.held.append((due, line))
+        if not s.timer:
+            self._arm(s, due)
         self._counts["fault_delayed"] += 1
 
     def _release(self, s: _Session) -> None:
@@ -907,9 +908,14 @@ class Sink:
         now = time.monotonic()
         while held and held[0][0] <= now:
             s.out.append(held.popleft()[1])
-        if held:
-            self._timer_seq += 1
-            heapq.heappush(self._timers, (held[0][0], self._timer_seq, s))
+        if held and not s.timer:
+            self._arm(s, held[0][0])
+
+    def _arm(self, s: _Session, due: float) -> None:
+        """One timer per session at most: the heap stays as small as the connection count."""
+        s.timer = due
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (due, self._timer_seq, s))
 
     def _parse(self, s: _Session) -> None:
         """Run the parser on ``s.inbuf``, then what a command asked to happen after it.

@@ -143,6 +143,12 @@ def test_delay_holds_each_reply_in_order_without_blocking_the_loop():
         lines = read_replies(a, 6)
         assert time.monotonic() - t1 >= delay * 0.9
         assert [l[:3] for l in lines] == [b"250", b"250", b"250", b"250", b"250", b"252"]
+        # A trickle of commands while replies are held: one timer per connection, not per read.
+        for _ in range(50):
+            a.sendall(b"NOOP\r\n")
+            time.sleep(0.002)
+        assert len(s._timers) <= 1
+        assert len(read_replies(a, 50)) == 50
         # While a reply is held the loop goes on: a second client is accepted
         # and a third one served before the first one's NOOP reply is released.
         s2 = Sink(port=0, delay=5.0)
@@ -160,7 +166,7 @@ def test_delay_holds_each_reply_in_order_without_blocking_the_loop():
             other.close()
         a.close()
         counts = wait_idle(s)
-        assert counts["fault_delayed"] == 7  # greeting + 6
+        assert counts["fault_delayed"] == 57  # greeting + 6 + 50
 
 
 def test_delay_with_pool_many_connections():
