@@ -415,6 +415,7 @@ def test_garbage_and_truncated_tls_survived(mode):
                     sock.sendall(b"\x00\xff garbage after close_notify")
             sock.close()
         counts = wait_idle(s)
+        assert s._thread.is_alive()
         assert counts["tls_failed"] >= 6, counts  # the plainly non-TLS ones at least
         assert counts["messages"] == 0
         with fastsmtplib.SMTP(s.host, s.port, timeout=10) if mode == "starttls" else \
@@ -465,3 +466,36 @@ def test_starttls_with_delayed_replies(tmp_path):
         counts = wait_idle(s)
         assert counts["starttls_discarded"] == len(b"NOOP\r\n")
         assert [m.content for m in s.stored()] == [b"Subject: held\r\n\r\n.stuffed\r\n"]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_command_streams_with_every_feature(seed):
+    """Random mixes of real commands, AUTH exchanges, STARTTLS and junk, cut anywhere."""
+    rng = random.Random(seed)
+    words = [b"EHLO x", b"HELO y", b"MAIL FROM:<a@x>", b"RCPT TO:<b@x>", b"DATA", b"body", b".",
+             b"BDAT 5", b"BDAT 0 LAST", b"12345", b"RSET", b"NOOP", b"QUIT", b"STARTTLS", b"STARTTLS x",
+             b"AUTH PLAIN", b"AUTH LOGIN", b"AUTH PLAIN " + b64(b"\0alice\0s3cret pass"), b"*",
+             b64(b"alice"), b"=", b"AUTH", b"AUTH XOAUTH2 abc", b"\x00\xff\x16\x03\x01", b"", b"x" * 1200]
+    with Sink(port=0, starttls=True, auth=USERS, auth_plaintext=True, rcpt_refuse=0.2, data_reject=0.2,
+              drop_in_data=0.1, reply_421_at=25, seed=seed, max_line=512) as s:
+        for _ in range(30):
+            sock = socket.create_connection((s.host, s.port), timeout=10)
+            stream = b"".join(rng.choice(words) + rng.choice([b"\r\n", b"\r\n", b"\n", b""])
+                              for _ in range(rng.randrange(1, 40)))
+            stream = stream[: rng.randrange(len(stream) + 1)]
+            try:
+                for i in range(0, len(stream), 37):
+                    sock.sendall(stream[i:i + 37])
+                if rng.random() < 0.5:
+                    sock.settimeout(0.2)
+                    sock.recv(65536)
+            except OSError:
+                pass
+            sock.close()
+        counts = wait_idle(s)
+        assert s._thread.is_alive()
+        with smtplib.SMTP(s.host, s.port, timeout=10) as c:
+            c.starttls(context=s.client_context())
+            c.login("alice", USERS["alice"])
+            assert c.noop()[0] == 250
+        assert wait_idle(s)["auth_ok"] >= 1
