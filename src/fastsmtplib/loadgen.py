@@ -463,6 +463,26 @@ def _cpus() -> list:
         return list(range(os.cpu_count() or 1))
 
 
+def pin_away_from(cpu: Optional[int]) -> Any:
+    """Move this thread (and the threads it starts later) off ``cpu``; returns what to restore."""
+    if cpu is None or not hasattr(os, "sched_setaffinity"):
+        return None
+    before = os.sched_getaffinity(0)
+    others = set(before) - {cpu}
+    if not others:
+        return None
+    os.sched_setaffinity(0, others)
+    return before
+
+
+def restore_affinity(saved: Any) -> None:
+    if saved is not None:
+        try:
+            os.sched_setaffinity(0, saved)
+        except OSError:
+            pass
+
+
 class EmbeddedSink:
     """The project's ``Sink`` in a subprocess (``python -m fastsmtplib sink --port 0``).
 
@@ -539,22 +559,13 @@ class EmbeddedSink:
 
     def pin_client(self) -> None:
         """Keep this process off the sink's CPU (until ``stop``)."""
-        if self.cpu is None or not hasattr(os, "sched_setaffinity"):
-            return
-        others = set(_cpus()) - {self.cpu}
-        if others:
-            self._saved_affinity = os.sched_getaffinity(0)
-            os.sched_setaffinity(0, others)
+        self._saved_affinity = pin_away_from(self.cpu)
 
     def stop(self) -> Optional[dict]:
         """Stop the sink and read its counters (also kept in ``counts``)."""
         proc = self.proc
-        if self._saved_affinity is not None:
-            try:
-                os.sched_setaffinity(0, self._saved_affinity)
-            except OSError:
-                pass
-            self._saved_affinity = None
+        restore_affinity(self._saved_affinity)
+        self._saved_affinity = None
         if proc is None or proc.returncode is not None:
             return self.counts
         proc.send_signal(signal.SIGTERM)
