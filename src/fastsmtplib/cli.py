@@ -23,8 +23,10 @@ EXIT_CODES = """\
 exit codes:
   0  success
   1  the command failed (demo: aiosmtpd is not installed, or a message was
-     not delivered; sink: the address could not be bound)
+     not delivered; sink: the address could not be bound; bench: a message
+     was not accepted, or the server to start could not be started)
   2  usage error: no command, an unknown command, or a bad option or argument
+  3  bench: the server could not be reached (nothing was sent)
 """
 
 
@@ -201,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     sink.add_argument("--store", metavar="DIR", help="write each accepted message (envelope + content) to DIR")
     sink.add_argument("--max-connections", metavar="N", type=_positive_int, default=MAX_CONNECTIONS,
                       help="refuse connections past N with 421 (default %(default)s)")
+
+    from . import cli_bench
+
+    cli_bench.add_parser(commands, _command)
     return parser
 
 
