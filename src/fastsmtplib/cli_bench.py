@@ -373,9 +373,9 @@ def format_report(r: Any) -> str:
             r.messages, r.delivered, " (%d partial)" % r.partial if r.partial else "", r.errors),
         "elapsed       %.3f s" % r.elapsed_s,
         "throughput    %.0f msgs/s, %.2f MB/s" % (r.msgs_per_s, r.mb_per_s),
-        "latency       p50 %.2f ms  p90 %.2f ms  p99 %.2f ms  max %.2f ms%s" % (
+        "latency       p50 %.2f ms  p90 %.2f ms  p99 %.2f ms  max %.2f ms  (first byte written -> final reply%s)" % (
             r.latency_ms["p50"], r.latency_ms["p90"], r.latency_ms["p99"], r.latency_ms["max"],
-            "" if r.latency_basis == "wire" else "  (from hand-over to the pool, queueing included)"),
+            "" if r.latency_samples == r.messages else "; %d messages written" % r.latency_samples),
         "setup         %d connections: p50 %.2f ms  max %.2f ms" % (
             r.setup_ms["count"], r.setup_ms["p50"], r.setup_ms["max"]),
     ]

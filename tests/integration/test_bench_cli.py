@@ -24,7 +24,7 @@ import pytest
 
 from fastsmtplib.sink import Sink
 from tests.support.aiosmtpd_server import AUTH_PASSWORD, AUTH_USER
-from tests.support.pool_server import PoolServer
+from tests.support.pool_server import HANGUP, PoolServer
 from tests.support.ports import require_binary
 
 TIMEOUT = 60
@@ -56,7 +56,8 @@ def check_report(r: dict) -> None:
     assert sum(r["status_counts"].values()) == r["messages"]
     assert sum(r["errors_by_code"].values()) == r["errors"]
     assert r["msgs_per_s"] > 0 and r["elapsed_s"] > 0
-    assert r["latency_basis"] == "wire"  # the pool stamps sent_at/done_at
+    # The pool stamps sent_at/done_at on every message it wrote.
+    assert r["latency_samples"] == r["messages"] - r["status_counts"].get("not_attempted", 0)
     assert r["setup_ms"]["count"] >= 1
     assert 0 <= r["setup_ms"]["p50"] <= r["setup_ms"]["max"]
 
@@ -229,6 +230,23 @@ def test_unreachable_server_exits_3_with_a_clear_message():
     assert p.stdout == ""
 
 
+def test_connections_failing_mid_run_stop_it_with_exit_3():
+    # The first connection (bench's reachability check) works; every later one is cut at EHLO.
+    def policy(ev):
+        if ev.connection >= 1 and ev.command == "EHLO":
+            return HANGUP
+        return None
+
+    with PoolServer(policy) as srv:
+        p = bench("--json", "-q", "127.0.0.1:%d" % srv.port, "-n", "100000", "-c", "2")
+    assert p.returncode == 3
+    assert "stopped early: " in p.stderr and "connection attempts in a row failed" in p.stderr
+    r = json.loads(p.stdout)
+    check_report(r)
+    assert r["aborted"] and r["delivered"] == 0 and 0 < r["messages"] < 100000
+    assert r["errors_by_code"] == {"not_attempted (SMTPServerDisconnected)": r["messages"]}
+
+
 def test_unix_socket_missing_exits_3(tmp_path):
     p = bench("--unix", str(tmp_path / "nothing.sock"), "-n", "5")
     assert p.returncode == 3 and "cannot reach the server: unix:" in p.stderr
@@ -366,15 +384,31 @@ USAGE_ERRORS = [
 ]
 
 
+def check_usage_error(code: int, out: str, err: str, message: str) -> None:
+    assert code == 2, (code, out, err)
+    assert message in err
+    assert "usage: fastsmtplib bench" in err and "fastsmtplib bench: error:" in err
+    assert out == "" and STARTED not in err and "Traceback" not in err
+    assert "hunter2" not in err
+
+
 @pytest.mark.parametrize("argv,message", USAGE_ERRORS, ids=[" ".join(a) for a, _ in USAGE_ERRORS])
-def test_usage_errors_exit_2_with_a_clear_message(argv, message):
+def test_usage_errors_exit_2_with_a_clear_message(argv, message, capsys):
+    # In this process (argparse exits through SystemExit), to keep the file fast;
+    # a sample of them runs as a real program below.
+    from fastsmtplib.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["bench", *argv])
+    out, err = capsys.readouterr()
+    check_usage_error(info.value.code, out, err, message)
+
+
+@pytest.mark.parametrize("index", [0, 1, 8, 12, 20, 25, 26, 28, 33])
+def test_usage_errors_exit_2_as_a_program(index):
+    argv, message = USAGE_ERRORS[index]
     p = bench(*argv)
-    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
-    assert message in p.stderr
-    assert "usage: fastsmtplib bench" in p.stderr
-    assert "fastsmtplib bench: error:" in p.stderr
-    assert p.stdout == "" and STARTED not in p.stderr and "Traceback" not in p.stderr
-    assert "hunter2" not in p.stderr
+    check_usage_error(p.returncode, p.stdout, p.stderr, message)
 
 
 def test_help_lists_the_options_and_exit_codes():
