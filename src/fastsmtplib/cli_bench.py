@@ -20,6 +20,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
+EXIT_INTERRUPTED = 130
 
 HELP = "load-test an SMTP/LMTP server, or compare clients side by side (--compare)"
 DESCRIPTION = """\
@@ -59,6 +60,7 @@ exit codes:
   2  usage error: a bad option or argument (the message says which)
   3  the server could not be reached, or every connection kept failing:
      nothing (more) was sent
+  130  interrupted (Ctrl-C): the report covers the messages finished by then
 """
 
 MAX_SIZE = 1 << 30
@@ -150,6 +152,9 @@ def add_parser(commands: Any, make_command: Callable) -> argparse.ArgumentParser
     load.add_argument("--rate", type=_positive_float, metavar="MSGS_PER_S",
                       help="send at most this many messages per second, over all connections")
     proto = p.add_argument_group("protocol")
+    proto.add_argument("--server", dest="start_server", choices=("sink", "smtp-sink"), default=None,
+                       help="the server to start when no HOST is given: the project's sink (default) or "
+                            "Postfix's smtp-sink")
     proto.add_argument("--unix", metavar="PATH", help="connect to this Unix socket instead of HOST:PORT")
     proto.add_argument("--lmtp", action="store_true", help="speak LMTP (LHLO; one reply per recipient)")
     proto.add_argument("--no-pipelining", action="store_true", help="do not use PIPELINING even if offered")
@@ -169,9 +174,6 @@ def add_parser(commands: Any, make_command: Callable) -> argparse.ArgumentParser
     cmp.add_argument("--compare", action="store_true",
                      help="run the same workload through stdlib, aiosmtplib and fastsmtplib; print a table")
     cmp.add_argument("--plot", metavar="FILE.png", help="with --compare: draw the table as a bar chart (matplotlib)")
-    cmp.add_argument("--server", dest="start_server", choices=("sink", "smtp-sink"), default=None,
-                     help="the server to start when no HOST is given: the project's sink (default) or "
-                          "Postfix's smtp-sink")
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress line and no status messages")
@@ -350,6 +352,9 @@ def _load(args: argparse.Namespace, password: Optional[str], context: Any) -> in
         print(json.dumps(report.to_dict(), sort_keys=False))
     else:
         print(format_report(report))
+    if report.aborted == "interrupted":
+        print("%s: interrupted; messages still in flight are not counted" % PROG, file=sys.stderr)
+        return EXIT_INTERRUPTED
     if report.aborted:
         print("%s: stopped early: %s" % (PROG, report.aborted), file=sys.stderr)
         return EXIT_UNREACHABLE

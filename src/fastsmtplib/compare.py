@@ -244,7 +244,8 @@ class _SmtpSinkProcess:
             if self.pin and len(cpus) >= 2 and taskset:
                 self.cpu = cpus[-1]
                 argv = [taskset, "-c", str(self.cpu)] + argv
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log)
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
+                                         start_new_session=True)
             end = time.monotonic() + 10
             while time.monotonic() < end and self.proc.poll() is None:
                 try:

@@ -309,6 +309,7 @@ def run_load(
 
             context = _ssl.create_default_context()
     target = unix if unix is not None else host
+    interrupted = False
 
     pool = _LoadPool(
         target, port, size=connections, lmtp=lmtp, ssl=ssl, starttls=starttls, context=context,
@@ -361,41 +362,48 @@ def run_load(
             deadline = t0 + duration
         next_progress = t0 + progress_interval
         mono = time.monotonic
-        for r in pool.send_many(source()):
-            done += 1
-            st = r.status
-            statuses[st] = statuses.get(st, 0) + 1
-            sent_at, done_at = r.sent_at, r.done_at
-            if sent_at is not None and done_at is not None:
-                latencies.append(done_at - sent_at)
-            if st == "delivered" or st == "partial":
-                delivered += 1
-                if st == "partial":
-                    partial += 1
-                    for rc, _m in r.recipients.values():
-                        if rc >= 400:
-                            refused_rcpts[str(rc)] = refused_rcpts.get(str(rc), 0) + 1
-                    for _rcpt, (rc, _m) in r.data_replies:
-                        if rc >= 400:
-                            refused_rcpts[str(rc)] = refused_rcpts.get(str(rc), 0) + 1
-                fails_at_delivery = stats["connect_failures"]
-            else:
-                errors += 1
-                key = _error_key(r)
-                by_code[key] = by_code.get(key, 0) + 1
-                if st == "not_attempted" and not stop.is_set():
-                    if stats["connect_failures"] - fails_at_delivery >= give_up:
-                        aborted = "%d connection attempts in a row failed: %s" % (
-                            stats["connect_failures"] - fails_at_delivery, _reason(r.exception))
-                        stop.set()
-            if progress is not None:
-                now = mono()
-                if now >= next_progress:
-                    next_progress = now + progress_interval
-                    progress(done, delivered, errors, now - t0)
+        interrupted = False
+        try:
+            for r in pool.send_many(source()):
+                done += 1
+                st = r.status
+                statuses[st] = statuses.get(st, 0) + 1
+                sent_at, done_at = r.sent_at, r.done_at
+                if sent_at is not None and done_at is not None:
+                    latencies.append(done_at - sent_at)
+                if st == "delivered" or st == "partial":
+                    delivered += 1
+                    if st == "partial":
+                        partial += 1
+                        for rc, _m in r.recipients.values():
+                            if rc >= 400:
+                                refused_rcpts[str(rc)] = refused_rcpts.get(str(rc), 0) + 1
+                        for _rcpt, (rc, _m) in r.data_replies:
+                            if rc >= 400:
+                                refused_rcpts[str(rc)] = refused_rcpts.get(str(rc), 0) + 1
+                    fails_at_delivery = stats["connect_failures"]
+                else:
+                    errors += 1
+                    key = _error_key(r)
+                    by_code[key] = by_code.get(key, 0) + 1
+                    if st == "not_attempted" and not stop.is_set():
+                        if stats["connect_failures"] - fails_at_delivery >= give_up:
+                            aborted = "%d connection attempts in a row failed: %s" % (
+                                stats["connect_failures"] - fails_at_delivery, _reason(r.exception))
+                            stop.set()
+                if progress is not None:
+                    now = mono()
+                    if now >= next_progress:
+                        next_progress = now + progress_interval
+                        progress(done, delivered, errors, now - t0)
+        except KeyboardInterrupt:
+            # Ctrl-C: report what finished; messages still in flight are not waited for.
+            interrupted = True
+            aborted = "interrupted"
+            stop.set()
         elapsed = max(mono() - t0, 1e-9)
     finally:
-        pool.close()
+        pool.close(wait=not interrupted)
     if progress is not None:
         progress(done, delivered, errors, elapsed)
 
@@ -510,8 +518,10 @@ class EmbeddedSink:
             self.cpu = cpus[-1]
             if taskset:
                 argv = [taskset, "-c", str(self.cpu)] + argv
+        # Its own session: a Ctrl-C at the terminal stops the client, which then
+        # stops the sink and reads its counters (not both at once).
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE)
+                                     stderr=subprocess.PIPE, start_new_session=True)
         if self.cpu is not None and not taskset and hasattr(os, "sched_setaffinity"):
             try:
                 os.sched_setaffinity(self.proc.pid, {self.cpu})

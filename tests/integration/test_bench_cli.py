@@ -16,9 +16,11 @@ import json
 import os
 import pty
 import select
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -245,6 +247,28 @@ def test_connections_failing_mid_run_stop_it_with_exit_3():
     check_report(r)
     assert r["aborted"] and r["delivered"] == 0 and 0 < r["messages"] < 100000
     assert r["errors_by_code"] == {"not_attempted (SMTPServerDisconnected)": r["messages"]}
+
+
+def test_ctrl_c_reports_what_finished_and_exits_130():
+    proc = subprocess.Popen([sys.executable, "-m", "fastsmtplib", "bench", "--json", "-d", "30", "-c", "2",
+                             "--rate", "300"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()  # the embedded sink is up: the run starts now
+        assert STARTED in line
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    r = json.loads(out)
+    check_report(r)
+    assert r["aborted"] == "interrupted" and r["messages"] > 0
+    # The sink saw every message reported delivered (and maybe some in flight).
+    assert r["delivered"] <= r["server_counts"]["messages"] <= r["delivered"] + 2 * 32
 
 
 def test_unix_socket_missing_exits_3(tmp_path):
