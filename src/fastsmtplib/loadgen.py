@@ -31,7 +31,9 @@ How a run goes:
   ``SMTPPool`` stamps them.  A message never written (its connection failed
   first) has no latency; ``latency_samples`` says how many messages had one.
 * Connection setup time is measured around each connection's handshake
-  (connect through EHLO/STARTTLS/AUTH) in the pool's connect threads.
+  (connect through EHLO/STARTTLS/AUTH) in the pool's connect threads; the
+  first, lone connection is one of them (``setup_ms["count"]`` is
+  ``connections + 1`` in a run where no connection failed).
 
 Memory: one float (8 bytes) per message is kept for the percentiles.
 """
@@ -362,7 +364,6 @@ def run_load(
             deadline = t0 + duration
         next_progress = t0 + progress_interval
         mono = time.monotonic
-        interrupted = False
         try:
             for r in pool.send_many(source()):
                 done += 1
