@@ -40,6 +40,8 @@ aiosmtplib (if installed; a loop; N tasks), fastsmtplib sendmail(),
 send_many() and SMTPPool, and prints msgs/s, the ratio to the stdlib loop
 and the client's CPU per message (getrusage, the server runs in another
 process); --plot FILE.png draws it (needs matplotlib: fastsmtplib[plot]).
+The server is the sink, or --server smtp-sink (Postfix's: no CHUNKING, so
+fastsmtplib sends DATA there too), or HOST[:PORT].
 
 Passwords come from --password-env VAR or --password-file FILE, never from
 the command line, and are never printed.
