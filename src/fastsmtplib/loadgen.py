@@ -521,8 +521,12 @@ class EmbeddedSink:
                 argv = [taskset, "-c", str(self.cpu)] + argv
         # Its own session: a Ctrl-C at the terminal stops the client, which then
         # stops the sink and reads its counters (not both at once).
+        # The child imports this same fastsmtplib, wherever it was imported from.
+        env = dict(os.environ)
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, start_new_session=True)
+                                     stderr=subprocess.PIPE, start_new_session=True, env=env)
         if self.cpu is not None and not taskset and hasattr(os, "sched_setaffinity"):
             try:
                 os.sched_setaffinity(self.proc.pid, {self.cpu})
