@@ -24,8 +24,10 @@ exit codes:
   0  success
   1  the command failed (demo: aiosmtpd is not installed, or a message was
      not delivered; sink: the address could not be bound, or TLS could
-     not be set up)
+     not be set up; bench: a message was not accepted, or the server to
+     start could not be started)
   2  usage error: no command, an unknown command, or a bad option or argument
+  3  bench: the server could not be reached (nothing was sent)
 """
 
 
@@ -224,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .sink_cli import add_arguments as add_sink_arguments
 
     add_sink_arguments(sink)
+
+    from . import cli_bench
+
+    cli_bench.add_parser(commands, _command)
     return parser
 
 

@@ -109,7 +109,7 @@ def test_no_command_prints_usage_and_commands_to_stderr():
     assert p.stderr.rstrip().endswith("fastsmtplib: error: a command is required")
 
 
-@pytest.mark.parametrize("argv", [["send", "x"], ["frobnicate"], ["bench"]])
+@pytest.mark.parametrize("argv", [["send", "x"], ["frobnicate"], ["benchmark"]])
 def test_unknown_command_rejected(argv):
     p = run(*argv)
     assert p.returncode == 2
