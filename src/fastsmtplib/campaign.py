@@ -143,18 +143,30 @@ class _Records:
     def __init__(self, path: str) -> None:
         self.path = path
         try:
-            self._f = open(path, "r", encoding="utf-8-sig", newline="")
+            self._f = open(path, "rb")
         except OSError as exc:
             raise CampaignInputError("cannot read %s: %s" % (path, exc.strerror or exc)) from None
-        self._reader = csv.reader(self._f)
+        self._reader = csv.reader(self._lines())
         self.header = self._next_header()
+
+    def _lines(self) -> Iterator[str]:
+        # Decoded line by line (not by the io layer's chunks) so that bad
+        # UTF-8 is reported with its line number.
+        for number, line in enumerate(self._f, 1):
+            if number == 1 and line.startswith(b"\xef\xbb\xbf"):
+                line = line[3:]  # a byte order mark, as spreadsheets write
+            try:
+                yield line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise CampaignInputError("%s: line %d is not UTF-8 (byte %d): save the file as UTF-8"
+                                         % (self.path, number, exc.start + 1)) from None
 
     def _next_header(self) -> list:
         try:
             header = next(self._reader)
         except StopIteration:
             raise CampaignInputError("%s is empty: it needs a header line naming its columns" % self.path) from None
-        except (csv.Error, UnicodeDecodeError) as exc:
+        except csv.Error as exc:
             raise CampaignInputError("%s: bad header line: %s" % (self.path, exc)) from None
         header = [h.strip() for h in header]
         if not any(header):
@@ -185,7 +197,7 @@ class _Records:
                 fields = next(reader)
             except StopIteration:
                 return
-            except (csv.Error, UnicodeDecodeError) as exc:
+            except csv.Error as exc:
                 raise CampaignInputError("%s: record %d (line %d): %s"
                                          % (self.path, row + 1, reader.line_num, exc)) from None
             if not fields:
@@ -253,11 +265,12 @@ def _outcome(result: Any) -> tuple:
     status = result.status
     reply = result.reply
     exc = result.exception
-    if reply is None:
-        for code_text in result.recipients.values():
-            if code_text[0] >= 400:
-                reply = code_text
-                break
+    # One recipient per message: its own refusal (RCPT, or LMTP's reply after
+    # the data) says more than the DATA reply that followed it.
+    for code_text in result.recipients.values():
+        if code_text[0] >= 400:
+            reply = code_text
+            break
     if reply is None and exc is not None and getattr(exc, "smtp_code", None) not in (None, -1):
         reply = (exc.smtp_code, exc.smtp_error)
     if reply is not None:
