@@ -425,11 +425,6 @@ class Campaign:
         if self.address_column not in header:
             missing.append(self.address_column)
         needed = set(getattr(self.template, "fields", ()) or ())
-        for url in (self.unsubscribe_url,):
-            if url:
-                from . import merge
-
-                needed |= set(getattr(merge, "fields_of", lambda t: ())(url))
         missing += sorted(f for f in needed if f not in header and f != self.address_column)
         if missing:
             raise CampaignInputError(

@@ -243,7 +243,7 @@ def _template(args: argparse.Namespace) -> tuple:
         if args.template:
             raw = _read(args.template, "--template")
             h.update(b"eml\0" + raw)
-            return merge.Template.from_eml(raw), h.hexdigest()
+            return merge.Template.from_bytes(raw), h.hexdigest()
         if not args.subject or not (args.html or args.text):
             raise CampaignInputError("give --template FILE.eml, or --subject with --html and/or --text")
         html = _read(args.html, "--html").decode("utf-8", "strict") if args.html else None
@@ -584,7 +584,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         try:
             from . import dkim_sign
 
-            key = dkim_sign.generate_key(args.dkim)
+            key, _record = dkim_sign.generate_key(args.dkim)
             dkim = dkim_sign.DkimSigner(key, "demo", "example.org")
         except ImportError as exc:
             log("DKIM skipped: %s" % exc)
