@@ -78,8 +78,8 @@ IMPORT_BATCH = 5000
 #: Recipients rendered, marked ``sending`` and committed at a time.
 SEND_BATCH = 128
 #: Outcomes per results transaction (or every ``COMMIT_INTERVAL`` seconds).
-RESULT_BATCH = 512
-COMMIT_INTERVAL = 0.5
+RESULT_BATCH = 256
+COMMIT_INTERVAL = 0.1
 #: Uncertain/deferred addresses listed in a summary.
 SAMPLE = 20
 
@@ -375,6 +375,7 @@ class Campaign:
         self.local_hostname = local_hostname
         self._stop_reason: Optional[str] = None
         self._pool: Any = None
+        self._batch = SEND_BATCH
         domain = from_addr.rpartition("@")[2].strip("<> ") or "fastsmtplib.invalid"
         self._mid_domain = domain
 
@@ -594,6 +595,15 @@ class Campaign:
             self.progress(0, todo)
         if todo:
             window = 32
+            # Everything handed to the pool is marked ``sending`` first, so what
+            # a kill can leave ``uncertain`` is what is in flight: enough to
+            # keep every connection's pipeline full, and with a rate limit no
+            # more than about a quarter second's worth (the rest would only
+            # wait in the pool's queue for tokens).
+            limit = 2 * self.connections * window
+            if self.rate is not None:
+                limit = max(2 * self.connections, min(limit, int(self.rate / 4) + 1))
+            self._batch = max(1, min(SEND_BATCH, limit // 2))
             pool = SMTPPool(
                 self.host, self.port, size=self.connections, ssl=self.ssl, starttls=self.starttls,
                 context=self.context, login=self._login, timeout=self.timeout, rate=self.rate,
@@ -607,8 +617,7 @@ class Campaign:
             last_commit = time.monotonic()
             consecutive = 0
             try:
-                results = pool.send_many(self._messages(journal, inflight),
-                                         max_in_flight=max(64, 2 * self.connections * window))
+                results = pool.send_many(self._messages(journal, inflight), max_in_flight=limit)
                 for result in results:
                     row = inflight.pop(result.index)
                     state, code, text, conn_level = _outcome(result)
@@ -655,7 +664,7 @@ class Campaign:
                 block.clear()
                 for rec in it:
                     block.append(rec)
-                    if len(block) >= SEND_BATCH:
+                    if len(block) >= self._batch:
                         break
                 else:
                     exhausted = True
