@@ -76,9 +76,9 @@ EXIT_NOT_STARTED = 3  # could not start: server unreachable, journal locked
 #: CSV records per import transaction.
 IMPORT_BATCH = 5000
 #: Recipients rendered, marked ``sending`` and committed at a time.
-SEND_BATCH = 128
+SEND_BATCH = 256
 #: Outcomes per results transaction (or every ``COMMIT_INTERVAL`` seconds).
-RESULT_BATCH = 256
+RESULT_BATCH = 1024
 COMMIT_INTERVAL = 0.1
 #: Uncertain/deferred addresses listed in a summary.
 SAMPLE = 20
@@ -376,6 +376,8 @@ class Campaign:
         self._stop_reason: Optional[str] = None
         self._pool: Any = None
         self._batch = SEND_BATCH
+        self._outcomes: list = []  # recorded with the next commit
+        self._last_commit = 0.0
         domain = from_addr.rpartition("@")[2].strip("<> ") or "fastsmtplib.invalid"
         self._mid_domain = domain
 
@@ -613,8 +615,8 @@ class Campaign:
             if self._stop_reason is not None:
                 pool.close(wait=False)
             inflight: dict = {}
-            pending_out: list = []
-            last_commit = time.monotonic()
+            pending_out = self._outcomes = []
+            self._last_commit = time.monotonic()
             consecutive = 0
             try:
                 results = pool.send_many(self._messages(journal, inflight), max_in_flight=limit)
@@ -630,15 +632,17 @@ class Campaign:
                                       % (consecutive, text))
                     else:
                         consecutive = 0
+                    # Outcomes usually go in the next block's transaction (see
+                    # _messages); this commits them when no block comes soon.
                     now = time.monotonic()
-                    if len(pending_out) >= RESULT_BATCH or now - last_commit >= COMMIT_INTERVAL:
+                    if len(pending_out) >= RESULT_BATCH or now - self._last_commit >= COMMIT_INTERVAL:
                         journal.begin()
                         journal.record(pending_out)
                         journal.commit()
                         pending_out.clear()
-                        last_commit = now
-                        if self.progress:
-                            self.progress(done, todo)
+                        self._last_commit = now
+                    if self.progress:
+                        self.progress(done, todo)
             finally:
                 if pending_out:
                     journal.begin()
@@ -693,11 +697,19 @@ class Campaign:
                     ready.clear()
                 if not ready and not failed:
                     continue
+                # One transaction (one fsync) records the outcomes so far and
+                # marks this block; it is durable before any of these bodies
+                # is handed over.
                 journal.begin()
+                outcomes = self._outcomes
+                if outcomes:
+                    journal.record(outcomes)
+                    outcomes.clear()
                 if failed:
                     journal.record(failed)
                 journal.mark_sending(r for r, _, _ in ready)
-                journal.commit()  # durable before any of these bodies is handed over
+                journal.commit()
+                self._last_commit = time.monotonic()
                 for row, addr, msg in ready:
                     inflight[index] = row
                     index += 1
