@@ -349,6 +349,18 @@ def cmd_send(args: argparse.Namespace) -> int:
             raise CampaignInputError("--user needs --password-env or --password-file, and they need --user")
         if args.server is None and (args.user or args.ssl or args.starttls):
             raise CampaignInputError("--user, --ssl and --starttls need --server")
+        if args.template and (args.subject or args.html or args.text):
+            raise CampaignInputError("--template FILE.eml replaces --subject/--html/--text: give one or the other")
+        if args.cafile and not (args.ssl or args.starttls):
+            raise CampaignInputError("--cafile needs --starttls or --ssl")
+        context = None
+        if args.cafile:
+            import ssl
+
+            try:
+                context = ssl.create_default_context(cafile=args.cafile)
+            except (OSError, ssl.SSLError) as exc:
+                raise CampaignInputError("--cafile %s: %s" % (args.cafile, exc)) from None
         template, digest = _template(args)
         dkim = _dkim(args)
         password = _password(args)
@@ -370,7 +382,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         campaign = Campaign(
             args.recipients, template, args.from_addr, template_digest=digest, journal=journal,
             address_column=args.address_column, host=host, port=port, ssl=args.ssl, starttls=args.starttls,
-            login=login, connections=args.connections, rate=args.rate, retry=retry, dkim=dkim,
+            context=context, login=login, connections=args.connections, rate=args.rate, retry=retry, dkim=dkim,
             unsubscribe_url=args.unsubscribe_url, unsubscribe_mailto=args.unsubscribe_mailto,
             resume=args.resume, resend_uncertain=args.resend_uncertain, max_errors=args.max_errors,
             dry_run=args.dry_run, progress=_progress_for(args, "written" if args.dry_run else "sent"),
@@ -411,6 +423,8 @@ def _add_send(commands: Any) -> None:
     tls = g.add_mutually_exclusive_group()
     tls.add_argument("--starttls", action="store_true", help="STARTTLS after EHLO (certificate verified)")
     tls.add_argument("--ssl", action="store_true", help="implicit TLS (certificate verified)")
+    g.add_argument("--cafile", metavar="FILE.pem",
+                   help="verify the server's certificate against these CAs instead of the system's")
     g.add_argument("--user", metavar="NAME", help="AUTH user name")
     pw = g.add_mutually_exclusive_group()
     pw.add_argument("--password-env", metavar="VAR", help="read the password from this environment variable")

@@ -535,3 +535,76 @@ def test_neutralise_cell():
         assert neutralise_cell(bad) == "'" + bad
     for fine in ("250 ok", "", "a=b", 5, None):
         assert neutralise_cell(fine) == fine
+
+
+# -- templates, TLS, progress ---------------------------------------------------------------
+
+
+def test_eml_template(tmp_path, capsys):
+    eml = tmp_path / "news.eml"
+    eml.write_bytes(
+        b"From: Newsroom <news@example.org>\r\n"
+        b"Subject: Issue 7 for {{name}}\r\n"
+        b"Reply-To: editor@example.org\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\n"
+        b"\r\n"
+        b"Dear {{name}},\r\nthe news.\r\n")
+    src = write_csv(tmp_path / "list.csv", people(3))
+    with Sink(port=0, store=tmp_path / "store") as sink:
+        code, out, err = run(capsys, "send", "--recipients", src, "--template", eml, "--from", FROM,
+                             "--server", "127.0.0.1:%d" % sink.port)
+        stored = sink.stored()
+    assert code == 0, err
+    got = by_recipient(stored)
+    for addr, name in people(3):
+        (m,) = got[addr]
+        msg = parse(m.content)
+        assert msg["Subject"] == "Issue 7 for %s" % name
+        assert msg["Reply-To"] == "editor@example.org"
+        assert msg["From"] == "Newsroom <news@example.org>"
+        assert "Dear %s," % name in msg.get_content()
+    code, out, err = run(capsys, "send", "--recipients", src, "--template", eml, "--subject", "x", "--from", FROM)
+    assert code == 2 and "--template" in err
+
+
+def test_starttls_verified_with_cafile(tmp_path, capsys, parts, starttls_server, tls_material):
+    ca, _cert, _key = tls_material.write_files(tmp_path / "tls")
+    src = write_csv(tmp_path / "list.csv", people(3))
+    server = "127.0.0.1:%d" % starttls_server.port
+    # The test CA is not trusted by default: certificate verification fails, nothing is sent.
+    code, out, err = run(capsys, "send", "--recipients", src, *parts, "--server", server, "--starttls",
+                         "--journal", tmp_path / "a.db")
+    assert code == 3, err
+    assert "CERTIFICATE_VERIFY_FAILED" in err or "certificate verify failed" in err
+    code, out, err = run(capsys, "send", "--recipients", src, *parts, "--server", server, "--starttls",
+                         "--cafile", ca, "--journal", tmp_path / "b.db")
+    assert code == 0, err
+    assert len(starttls_server.messages) == 3
+
+
+def test_progress_bar_and_lines():
+    import io
+
+    from fastsmtplib.cli_campaign import Progress
+
+    buf = io.StringIO()
+    bar = Progress(buf, bar=True)
+    bar(0, 200)
+    bar(100, 200)  # within 0.1 s of the last draw: skipped
+    bar(200, 200)
+    text = buf.getvalue()
+    assert text.startswith("\r  0% [" + "." * 30 + "] 0/200")
+    assert "ETA" in text
+    assert text.endswith("elapsed 0:00\x1b[K\n")  # the bar ends its line when done
+    assert "\r100% [" + "#" * 30 + "] 200/200" in text
+    buf = io.StringIO()
+    lines = Progress(buf, bar=False, interval=3600)
+    lines(0, 10)
+    lines(5, 10)  # not yet: one line per interval
+    lines(10, 10)
+    lines(10, 10)  # the final line once
+    out = buf.getvalue().splitlines()
+    assert len(out) == 2
+    assert out[0].startswith("sent:   0% 0/10")
+    assert out[1].startswith("sent: 100% 10/10") and "elapsed" in out[1]
+    assert "\r" not in buf.getvalue()
