@@ -43,6 +43,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -629,7 +630,7 @@ class Campaign:
                         consecutive += 1
                         if consecutive >= self.max_errors and self._stop_reason is None:
                             self.stop("paused after %d consecutive connection failures (last: %s)"
-                                      % (consecutive, text))
+                                      % (consecutive, _printable(str(text))[:300]))
                     else:
                         consecutive = 0
                     # Outcomes usually go in the next block's transaction (see
@@ -678,9 +679,18 @@ class Campaign:
                 ready: list = []
                 failed: list = []
                 for row, fields, raw in block:
-                    if raw is not None or states.get(row) not in sendable:
+                    if raw is not None:
                         continue
+                    state, known = states.get(row, (None, None))
                     addr = fields[col].strip()
+                    if addr != known:
+                        # The file is not the one imported (edited during the run?):
+                        # sending now could mail the wrong person.
+                        self.stop("the CSV changed during the run (row %d is %r, the journal has %r)"
+                                  % (row, _printable(addr)[:100], _printable(known or "")[:100]))
+                        break
+                    if state not in sendable:
+                        continue
                     try:
                         msg = self._render(row, fields, addr, sign=False)
                     except Exception as exc:  # a field that cannot go in a header, ...
@@ -806,6 +816,15 @@ class Campaign:
         return summary
 
 
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters shown as ``?``: reply texts come from
+    remote servers and must not drive the terminal they are printed on."""
+    return _CONTROLS.sub("?", text)
+
+
 def _describe(exc: BaseException) -> str:
     """An exception as one line, without internals (and never a password: none is in them)."""
     code = getattr(exc, "smtp_code", None)
@@ -813,7 +832,6 @@ def _describe(exc: BaseException) -> str:
         err = getattr(exc, "smtp_error", b"")
         if isinstance(err, bytes):
             err = err.decode("utf-8", "replace")
-        return "%s %s" % (code, err)
-    text = str(exc) or type(exc).__name__
-    return text
+        return _printable("%s %s" % (code, err))
+    return _printable(str(exc) or type(exc).__name__)
 

@@ -255,8 +255,9 @@ class Journal:
     # -- sending ----------------------------------------------------------------------
 
     def states(self, lo: int, hi: int) -> dict:
-        """``{row: state}`` for rows ``lo..hi`` inclusive."""
-        return dict(self.conn.execute("SELECT row, state FROM recipients WHERE row BETWEEN ? AND ?", (lo, hi)))
+        """``{row: (state, address)}`` for rows ``lo..hi`` inclusive."""
+        return {r: (s, a) for r, s, a in self.conn.execute(
+            "SELECT row, state, address FROM recipients WHERE row BETWEEN ? AND ?", (lo, hi))}
 
     def mark_sending(self, rows: Iterable[int]) -> None:
         self.conn.executemany("UPDATE recipients SET state='sending', updated=? WHERE row=?",

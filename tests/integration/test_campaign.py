@@ -608,3 +608,28 @@ def test_progress_bar_and_lines():
     assert out[0].startswith("sent:   0% 0/10")
     assert out[1].startswith("sent: 100% 10/10") and "elapsed" in out[1]
     assert "\r" not in buf.getvalue()
+
+
+def test_python_api_and_csv_edited_during_run(tmp_path):
+    from fastsmtplib.campaign import Campaign
+    from fastsmtplib.merge import Template
+
+    src = write_csv(tmp_path / "list.csv", people(5))
+    template = Template.from_parts("Hi {{name}}", text="Hello {{name}}\n", from_addr=FROM)
+    with Sink(port=0, store=tmp_path / "store") as sink:
+        summary = Campaign(src, template, FROM, host=sink.host, port=sink.port).run()
+        assert summary.exit_code == 0 and summary.states["delivered"] == 5
+        assert len(sink.stored()) == 5
+
+        class Editing(Campaign):
+            def _check_server(self):
+                super()._check_server()
+                # Swap two rows after the import: row 1 now names someone else.
+                write_csv(src2, [("user2@example.net", "x"), ("user1@example.net", "y")])
+
+        src2 = write_csv(tmp_path / "list2.csv", people(2))
+        summary = Editing(src2, template, FROM, host=sink.host, port=sink.port).run()
+        assert summary.paused.startswith("the CSV changed during the run (row 1 is 'user2@example.net'")
+        assert summary.exit_code == 1
+        assert summary.states["pending"] == 2
+        assert len(sink.stored()) == 5  # nothing more was sent
