@@ -50,7 +50,9 @@ exit codes:
 SEND_DESCRIPTION = """\
 Send one message per CSV record.  The CSV (UTF-8, with a header line) is
 streamed; its columns are merge fields: {{name}} in the template is replaced
-by the record's "name" value (HTML-escaped in HTML parts).  Every recipient's
+by the record's "name" value (HTML-escaped in HTML parts; {{name|raw}} inserts
+a trusted value as it is, {{name|url}} percent-encodes it; the syntax is in
+`pydoc fastsmtplib.merge`).  Every recipient's
 state is kept in a journal (SQLite): --resume continues a stopped or killed run
 without resending anything delivered.  A recipient whose message was handed to
 the server when the run died, with no reply recorded, is "uncertain": it is
