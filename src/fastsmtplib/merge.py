@@ -62,6 +62,7 @@ import binascii
 import datetime
 import email.policy
 import email.utils
+import functools
 import html
 import ipaddress
 import os
@@ -554,6 +555,11 @@ class Template:
                 names |= it.names_
         self.fields: frozenset[str] = frozenset(names)
         self._date_cache: tuple[int, bytes] = (-1, b"")
+        self._body_slots = any(
+            isinstance(it, _TextPart) and it.slots for it in self._items
+        )
+        self._static_bh: bytes | None = None
+        self._chunk_infos: dict[int, tuple[bytes, Any]] | None = None
 
     # -- construction
 
@@ -646,6 +652,7 @@ class Template:
         date: str | None = None,
         extra_headers: Sequence[tuple[str, str]] = (),
         to_name: str | None = None,
+        dkim: Any = None,
     ) -> bytes:
         """One recipient's complete message (RFC 5322, CRLF line ends).
 
@@ -657,6 +664,11 @@ class Template:
             extra_headers: (name, value) pairs, e.g. :func:`unsubscribe_headers`.
                 ASCII only; CR/LF or other controls in them raise.
             to_name: an optional display name for the To header.
+            dkim: a :class:`~fastsmtplib.dkim_sign.DkimSigner`: the message comes
+                back signed.  Faster than ``signer.sign(render(...))``: the
+                body hash is streamed from the template's pieces, whose complete
+                lines were canonicalised once, so per recipient only the lines
+                holding a value are (and a body without placeholders is hashed once).
         Raises:
             MissingFieldError: the row lacks a template field.
             MergeError: a bad to_addr, message_id, date or extra header.
@@ -686,12 +698,47 @@ class Template:
         for name, value in extra_headers:
             out.append(_extra_header(name, value))
         out.append(b"MIME-Version: 1.0\r\n")
+        # The root's first chunk (its Content-Type ... and the blank line) ends the header block.
+        body_start = len(out) + 1
         for it in self._items:
             if type(it) is bytes:
                 out.append(it)
             else:
                 it.render(vals, out)
-        return b"".join(out)
+        if dkim is None:
+            return b"".join(out)
+        head = b"".join(out[:body_start])
+        body = b"".join(out[body_start:])
+        return dkim.sign_split(head[:-2], body, bh=self._body_hash(out, body_start)) + head + body
+
+    def _body_hash(self, out: list[bytes], start: int) -> bytes:
+        """``bh=`` of the body chunks ``out[start:]``, canonicalising only what a recipient changed."""
+        if self._static_bh is not None:
+            return self._static_bh
+        from .dkim_sign import BodyHasher, chunk_info
+
+        infos = self._chunk_infos
+        if infos is None:
+            infos = {}
+            for it in self._items:
+                statics = (
+                    [it] if type(it) is bytes
+                    else [it.head_raw, it.head_qp, *it.raw_pieces, *it.qp_pieces]
+                )
+                for c in statics:
+                    infos[id(c)] = (c, chunk_info(c))  # c: keeps the id's object alive
+            self._chunk_infos = infos
+        hasher = BodyHasher()
+        for c in out[start:]:
+            known = infos.get(id(c))
+            if known is not None and known[0] is c:
+                hasher.feed_static(c, known[1])
+            else:
+                hasher.feed(c)
+        bh = hasher.body_hash()
+        if not self._body_slots:
+            self._static_bh = bh  # no placeholder in any body part: every body is this one
+        return bh
 
 
 def _extra_header(name: str, value: str) -> bytes:
@@ -706,6 +753,11 @@ def _extra_header(name: str, value: str) -> bytes:
 
 
 # --------------------------------------------------------------------------- unsubscribe
+
+@functools.lru_cache(maxsize=16)
+def _split_cached(text: str) -> tuple[Any, ...]:
+    return tuple(_split_placeholders(text))
+
 
 _URL_UNSAFE = re.compile(r"[\x00-\x20\x7f<>\"\\^`{|}]")
 
@@ -737,7 +789,7 @@ def unsubscribe_headers(
     targets = []
     https = False
     if url_template is not None:
-        pieces = _split_placeholders(url_template)
+        pieces = _split_cached(url_template)
         names = {p[0] for p in pieces[1::2]} - {"to_addr"}
         vals = _row_values(row, names)
         vals["to_addr"] = to_addr
