@@ -657,6 +657,8 @@ class Campaign:
 
     def _messages(self, journal: Journal, inflight: dict) -> Iterator[tuple]:
         """What the pool sends: each block rendered, marked ``sending`` and committed first."""
+        from .merge import MergeError as merge_error
+
         sendable = self._sendable
         from_addr = self.from_addr
         col = self.address_column
@@ -692,16 +694,13 @@ class Campaign:
                     if state not in sendable:
                         continue
                     try:
-                        msg = self._render(row, fields, addr, sign=False)
-                    except Exception as exc:  # a field that cannot go in a header, ...
+                        msg = self._render(row, fields, addr)
+                    except merge_error as exc:  # this row's values cannot make a message
                         failed.append((row, "invalid", 0, None, "cannot render: %s" % exc))
                         continue
-                    if self.dkim is not None:
-                        try:
-                            msg = self.dkim.sign(msg)
-                        except Exception as exc:  # the key or the signer: not this recipient's fault
-                            self.stop("DKIM signing failed at row %d: %s" % (row, _describe(exc)))
-                            break
+                    except Exception as exc:  # the signer or the template: not this recipient's fault
+                        self.stop("cannot build the message for row %d: %s" % (row, _describe(exc)))
+                        break
                     ready.append((row, addr, msg))
                 if self._stop_reason is not None:
                     ready.clear()
@@ -726,7 +725,7 @@ class Campaign:
                     yield (from_addr, [addr], msg)
                 ready.clear()
 
-    def _render(self, row: int, fields: dict, addr: str, sign: bool = True) -> bytes:
+    def _render(self, row: int, fields: dict, addr: str) -> bytes:
         from . import merge
 
         extra: Sequence = ()
@@ -734,10 +733,11 @@ class Campaign:
             extra = merge.unsubscribe_headers(fields, url_template=self.unsubscribe_url,
                                               mailto=self.unsubscribe_mailto, to_addr=addr)
         mid = "<%s.%d@%s>" % (self.campaign_id, row, self._mid_domain)
-        msg = self.template.render(fields, to_addr=addr, message_id=mid, extra_headers=extra)
-        if sign and self.dkim is not None:
-            msg = self.dkim.sign(msg)
-        return msg
+        if self.dkim is None:
+            return self.template.render(fields, to_addr=addr, message_id=mid, extra_headers=extra)
+        # Signed while rendering: the template hashes only the body lines a
+        # recipient's values changed (merge.Template.render).
+        return self.template.render(fields, to_addr=addr, message_id=mid, extra_headers=extra, dkim=self.dkim)
 
     def preview(self, row: int) -> bytes:
         """The message CSV record ``row`` gets (after a run, or while one goes on)."""
