@@ -649,8 +649,8 @@ class Campaign:
                     journal.begin()
                     journal.record(pending_out)
                     journal.commit()
+                self._pool = None  # first: a signal arriving now must not close it re-entrantly
                 pool.close(wait=self._stop_reason is None)
-                self._pool = None
         if self.progress:
             self.progress(done, todo)
         return self._summary(journal, done, time.monotonic() - t0)
