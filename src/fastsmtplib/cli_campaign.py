@@ -109,6 +109,8 @@ class Progress:
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
+        if not self.drawn:
+            self.t0 = now  # the rate counts from the first message, not from the CSV import
         final = done >= total
         if not final and now - self.last < self.interval and self.drawn:
             return
@@ -142,9 +144,11 @@ def _progress_for(args: argparse.Namespace, label: str = "sent") -> Optional[Pro
     return Progress(sys.stderr, bar=sys.stderr.isatty(), label=label)
 
 
-def _logger(args: argparse.Namespace) -> Any:
+def _logger(args: argparse.Namespace, progress: Optional[Progress] = None) -> Any:
     def log(line: str) -> None:
         if not args.quiet:
+            if progress is not None and progress.bar and progress.drawn and not progress.finished:
+                sys.stderr.write("\r\x1b[K")  # the note replaces the bar; the next update redraws it
             print("%s: %s" % (PROG, line), file=sys.stderr, flush=True)
 
     return log
@@ -381,14 +385,14 @@ def cmd_send(args: argparse.Namespace) -> int:
         else:
             host, port = "localhost", 25
         journal = args.journal
+        progress = _progress_for(args, "written" if args.dry_run else "sent")
         campaign = Campaign(
             args.recipients, template, args.from_addr, template_digest=digest, journal=journal,
             address_column=args.address_column, host=host, port=port, ssl=args.ssl, starttls=args.starttls,
             context=context, login=login, connections=args.connections, rate=args.rate, retry=retry, dkim=dkim,
             unsubscribe_url=args.unsubscribe_url, unsubscribe_mailto=args.unsubscribe_mailto,
             resume=args.resume, resend_uncertain=args.resend_uncertain, max_errors=args.max_errors,
-            dry_run=args.dry_run, progress=_progress_for(args, "written" if args.dry_run else "sent"),
-            log=_logger(args),
+            dry_run=args.dry_run, progress=progress, log=_logger(args, progress),
         )
         if journal is None and args.dry_run is None and not args.quiet:
             print("%s: journal: %s" % (PROG, campaign.journal_path), file=sys.stderr, flush=True)
@@ -590,7 +594,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from . import merge
     from .sink import Sink
 
-    log = _logger(args)
+    progress = _progress_for(args)
+    log = _logger(args, progress)
     with tempfile.TemporaryDirectory(prefix="fastsmtplib-demo-") as tmp:
         csv_path = os.path.join(tmp, "readers.csv")
         write_demo_csv(csv_path, args.count)
@@ -615,7 +620,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 connections=args.connections, dkim=dkim,
                 unsubscribe_url="https://news.example.org/u?id={{id}}",
                 unsubscribe_mailto="unsubscribe@example.org",
-                progress=_progress_for(args), log=log,
+                progress=progress, log=log,
             )
             with _Stopper(campaign):
                 try:
