@@ -30,7 +30,10 @@ Where the value goes decides how it is written:
 * ``{{ name | url }}`` percent-encodes the value (every byte but the RFC 3986
   unreserved characters), for links such as ``https://x.example/u?e={{ email | url }}``.
 
-In bodies, line ends in values are normalised to CRLF.  Every placeholder name
+Placeholders are filled in the headers and in every text part that is not an
+attachment; attachments, images and attached messages (``message/*``) go out
+byte for byte as the template has them.  In bodies, line ends in values are
+normalised to CRLF.  Every placeholder name
 used anywhere is in :attr:`Template.fields`; a row without one of them (or
 with ``None`` for it, as ``csv.DictReader`` gives for short rows) raises
 :class:`MissingFieldError` naming every missing field.
@@ -48,6 +51,24 @@ decode to exactly the personalised text.  Multipart boundaries contain ``=_``,
 which quoted-printable never produces (a literal ``=`` becomes ``=3D``), and a
 raw part whose values contain ``=_`` goes quoted-printable, so no value can
 forge a boundary.
+
+DKIM
+----
+``template.render(row, ..., dkim=signer)`` returns the message signed by a
+:class:`fastsmtplib.dkim_sign.DkimSigner`.  The body hash is streamed from the
+compiled pieces: their complete lines were canonicalised once, so per
+recipient only the lines that hold a value are, and a body without
+placeholders is hashed once per template.  ``signer.sign(template.render(...))``
+gives the same result, canonicalising the whole body each time.
+
+Usage::
+
+    t = Template.from_parts("News for {{ first_name }}", html=html, text=text,
+                            from_addr="News <news@example.com>")
+    t.missing_fields(csv_reader.fieldnames)          # [] or the names to report
+    extra = unsubscribe_headers(row, url_template="https://example.com/u?e={{ to_addr }}",
+                                to_addr=row["email"])
+    message = t.render(row, to_addr=row["email"], extra_headers=extra, dkim=signer)
 
 The template's own ``To``, ``Message-ID``, ``Date``, ``Bcc``, ``MIME-Version``,
 ``Content-*``, ``Received``, ``Return-Path`` and ``DKIM-Signature`` headers are
@@ -157,7 +178,15 @@ def _row_values(row: Mapping[str, Any], names: Iterable[str]) -> dict[str, str]:
         if v is None:
             missing.append(n)
             continue
-        vals[n] = v if type(v) is str else str(v)
+        if type(v) is not str:
+            v = str(v)
+        if not v.isascii():
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                # A lone surrogate (bytes that were not UTF-8, smuggled into a str).
+                raise MergeError(f"merge field {n!r} is not valid Unicode text: {v!r}") from None
+        vals[n] = v
     if missing:
         raise MissingFieldError(missing)
     return vals
@@ -365,7 +394,8 @@ class _TextPart:
         escape: bool,
         allow_8bit: bool,
     ) -> None:
-        self.context = _HTML if content_type == "text/html" else _TEXT
+        # text/html, and HTML variants such as AMP's text/x-amp-html, are escaped.
+        self.context = _HTML if "html" in content_type else _TEXT
         self.escape = escape
         text = _NEWLINES.sub("\r\n", text)
         pieces = _split_placeholders(text)
@@ -405,7 +435,7 @@ class _TextPart:
                 v = _NEWLINES.sub("\r\n", v)
             if raw and self.needs_qp.search(v):
                 raw = False
-            b = v.encode("utf-8", "surrogateescape")
+            b = v.encode("utf-8")  # _row_values refused lone surrogates
             total += len(b)
             values.append(b)
         if raw and self.max_line + total > _MAX_LINE:
@@ -452,7 +482,7 @@ def _compile_part(
         skip = _PART_SKIP | frozenset(k for k in own if not k.startswith("content-"))
     else:
         skip = _PART_SKIP
-    if part.is_multipart():
+    if part.get_content_maintype() == "multipart":
         boundary = _new_boundary()
         b = boundary.encode("ascii")
         params = [(k, v) for k, v in part.get_params()[1:] if k.lower() != "boundary"]
@@ -516,7 +546,10 @@ class Template:
             html_escape: escape values in text/html parts (``{{ x | raw }}`` opts
                 out per placeholder, ``False`` for the whole template).
             allow_8bit: write non-ASCII text parts as ``8bit`` (needs a server
-                with 8BITMIME, RFC 6152) instead of quoted-printable.
+                with 8BITMIME, RFC 6152) instead of quoted-printable.  A relay
+                without 8BITMIME may convert the part to quoted-printable and so
+                break a DKIM signature: leave it off for mail that leaves your
+                own servers signed.
         Raises:
             TemplateError: no From header, a bad header, an unknown filter.
         """
@@ -527,9 +560,14 @@ class Template:
             raise TemplateError("the template needs exactly one From header")
         self.from_addr = str(from_values[0])
         addrs = email.utils.getaddresses([self.from_addr])
-        self._msgid_domain = (
-            addrs[0][1].rpartition("@")[2] if addrs and "@" in addrs[0][1] else "localhost"
-        )
+        domain = addrs[0][1].rpartition("@")[2] if addrs and "@" in addrs[0][1] else ""
+        try:
+            domain = domain.encode("idna").decode("ascii") if domain else "localhost"
+        except UnicodeError:
+            domain = "localhost"
+        if not re.fullmatch(r"[A-Za-z0-9.\-\[\]:]+", domain):
+            domain = "localhost"
+        self._msgid_domain = domain  # the right side of generated Message-IDs
         headers: list[_HeaderTemplate] = []
         first: dict[str, _HeaderTemplate] = {}
         for name, value in message.items():
@@ -686,7 +724,7 @@ class Template:
         if message_id is None:
             out.append(
                 b"Message-ID: <" + secrets.token_hex(16).encode("ascii") + b"@"
-                + self._msgid_domain.encode("ascii", "replace") + b">\r\n"
+                + self._msgid_domain.encode("ascii") + b">\r\n"
             )
         else:
             mid = message_id if message_id.startswith("<") else "<" + message_id + ">"
@@ -707,6 +745,8 @@ class Template:
                 it.render(vals, out)
         if dkim is None:
             return b"".join(out)
+        if not hasattr(dkim, "sign_split"):
+            return dkim.sign(b"".join(out))  # any signer with sign(bytes) -> bytes
         head = b"".join(out[:body_start])
         body = b"".join(out[body_start:])
         return dkim.sign_split(head[:-2], body, bh=self._body_hash(out, body_start)) + head + body

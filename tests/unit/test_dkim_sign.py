@@ -248,3 +248,17 @@ def test_render_with_dkim_streams_the_same_signature(first, static_body, eight):
 
 _ED_PEM, _ED_TXT = generate_key("ed25519")
 _ED = (DkimSigner(_ED_PEM, "sel", "example.com"), _ED_TXT)
+
+
+def test_render_dkim_accepts_any_signer_with_sign():
+    pytest.importorskip("nacl")
+    signer, txt = _ED
+
+    class OnlySign:
+        def sign(self, message: bytes) -> bytes:
+            return signer.sign(message)
+
+    t = Template.from_parts("S", html=HTML, from_addr="news@example.com")
+    signed = t.render({"first_name": "A"}, to_addr="a@example.org", dkim=OnlySign())
+    assert signed.startswith(b"DKIM-Signature:")
+    assert dkim.verify(signed, dnsfunc=dnsfunc_for(txt))

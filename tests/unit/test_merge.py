@@ -397,3 +397,44 @@ def test_normalize_address():
     assert normalize_address("Ann.Lee@Example.COM", fold_local=False) == "Ann.Lee@example.com"
     assert normalize_address(" a+b@X.org ") == "a+b@x.org"
     assert normalize_address("a.b@x.org") != normalize_address("ab@x.org")
+
+
+def test_generated_message_ids_are_unique_and_ascii():
+    t = Template.from_parts("S", text="x", from_addr="Bücher <info@bücher.de>")
+    ids = {parse(t.render({}, to_addr="a@example.org"))["Message-ID"] for _ in range(50)}
+    assert len(ids) == 50
+    assert all(re.fullmatch(r"<[0-9a-f]{32}@xn--bcher-kva\.de>", i) for i in ids)
+
+
+def test_header_folding_keeps_lines_short():
+    long_ascii = " ".join(["word"] * 100)
+    t = Template.from_parts("{{ s }}", text="x", from_addr=FROM)
+    for value in (long_ascii, "é" * 300, "x" * 2000, "two  spaces and trail  "):
+        data = t.render({"s": value}, to_addr="a@example.org")
+        head = data.split(b"\r\n\r\n")[0]
+        assert max(map(len, head.split(b"\r\n"))) <= 78
+        assert parse(data)["Subject"] == value
+
+
+def test_lone_surrogate_value_is_refused():
+    t = Template.from_parts("S", text="{{ v }}", from_addr=FROM)
+    for bad in ("\udcff", "a\ud800b"):
+        with pytest.raises(MergeError, match="'v'"):
+            t.render({"v": bad}, to_addr="a@example.org")
+
+
+def test_from_eml_keeps_an_attached_message_whole():
+    inner = b"From: a@example.com\r\nSubject: inner {{ x }}\r\n\r\ninner body {{ x }}\r\n"
+    eml = (
+        b"From: s@example.com\r\nSubject: outer\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n'
+        b"--B\r\nContent-Type: text/plain\r\n\r\nHello {{ x }}\r\n"
+        b"--B\r\nContent-Type: message/rfc822\r\n\r\n" + inner + b"--B--\r\n"
+    )
+    t = Template.from_bytes(eml)
+    assert t.fields == {"x"}  # placeholders inside the attached message are its text, not ours
+    msg = parse(t.render({"x": "<1>"}, to_addr="a@example.org"))
+    assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "message/rfc822"]
+    att = list(msg.iter_parts())[1].get_content()
+    assert att["Subject"] == "inner {{ x }}"
+    assert att.get_content() == "inner body {{ x }}\r\n"
