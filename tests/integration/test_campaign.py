@@ -633,3 +633,44 @@ def test_python_api_and_csv_edited_during_run(tmp_path):
         assert summary.exit_code == 1
         assert summary.states["pending"] == 2
         assert len(sink.stored()) == 5  # nothing more was sent
+
+
+def test_fault_injecting_sink_retries_refusals_drops(tmp_path, capsys, parts):
+    """The sink's own dice: 451s retried and delivered once, 550s refused, dropped
+    connections mid-data uncertain (never stored twice)."""
+    import sqlite3
+
+    rows = people(150)
+    src = write_csv(tmp_path / "list.csv", rows)
+    with Sink(port=0, store=tmp_path / "store", rcpt_refuse=0.1, rcpt_defer=0.25, drop_in_data=0.03,
+              seed=7) as sink:
+        server = "127.0.0.1:%d" % sink.port
+        code, summary, err = run_json(capsys, "send", "--recipients", src, *parts, "--server", server,
+                                      "--attempts", "6", "--retry-backoff", "0.01", "--max-errors", "1000")
+        for _ in range(5):  # until nothing is deferred
+            if not summary["states"]["deferred"]:
+                break
+            code, summary, err = run_json(capsys, "send", "--recipients", src, *parts, "--server", server,
+                                          "--resume", "--attempts", "6", "--retry-backoff", "0.01")
+        stored = sink.stored()
+        faults = sink.counts
+    assert faults["fault_rcpt_refused"] > 0 and faults["fault_rcpt_deferred"] > 0
+    assert faults["fault_dropped_in_data"] > 0
+    st = summary["states"]
+    assert st["deferred"] == 0 and st["pending"] == 0
+    assert code == (1 if st["uncertain"] else 0)
+    got = collections.Counter(r for m in stored for r in m.recipients)
+    assert max(got.values()) == 1
+    conn = sqlite3.connect(tmp_path / "list.journal.db")
+    journal = {a: (s, c, n) for a, s, c, n in conn.execute("SELECT address, state, code, attempts FROM recipients")}
+    conn.close()
+    assert len(journal) == 150
+    for addr, (state, code_, attempts) in journal.items():
+        if state == "delivered":
+            assert got[addr] == 1 and code_ == 250
+        elif state == "refused":
+            assert got[addr] == 0 and code_ == 550
+        else:
+            assert state == "uncertain" and got[addr] <= 1
+    assert sum(1 for s, c, n in journal.values() if s == "delivered" and n > 1) > 0  # retried, then delivered
+    assert st["delivered"] == len(stored) - sum(1 for a in got if journal[a][0] == "uncertain")
