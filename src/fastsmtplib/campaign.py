@@ -6,7 +6,7 @@ over :class:`Campaign`::
     from fastsmtplib.campaign import Campaign
     from fastsmtplib.merge import Template
 
-    c = Campaign("list.csv", Template.from_eml(open("news.eml", "rb").read()),
+    c = Campaign("list.csv", Template.from_eml("news.eml"),
                  from_addr="news@example.org", host="smtp.example.org", port=587,
                  starttls=True, login=("news", password), connections=4, rate=50)
     summary = c.run()          # a Summary: counts per state and reply code, exit_code
@@ -16,15 +16,18 @@ How a run goes (every step is resumable, see ``journal.py`` for the states):
 1. **Validate before anything is sent**: the CSV header must hold the address
    column and every field the template uses (else :class:`CampaignInputError`
    naming the missing ones); the journal is opened and locked
-   (:class:`JournalLocked`); a journal from an earlier run is accepted only
-   with ``resume=True`` and only for the same CSV and template (SHA-256
-   digests kept in the journal).
+   (:class:`JournalLocked`); a journal in which a run sent anything is
+   accepted only with ``resume=True`` and only for the same CSV, template,
+   From and address column (SHA-256 digests kept in its ``meta`` table); one
+   that never sent anything is reused as it is, or rebuilt if they changed.
 2. **Import**: the CSV is streamed into the journal, one row per record, in
    committed batches: a bad address or a malformed record becomes
    ``invalid`` (with the reason), a repeated address ``duplicate`` (the
    journal's UNIQUE index finds it: no set of addresses in memory).
-3. **Check the server**: one connection is opened (TLS and AUTH included)
-   and closed; failing that, :class:`CampaignStartError` (nothing was sent).
+3. **Check the message and the server**: the first valid record's message
+   is built and signed (a broken template or key: :class:`CampaignInputError`);
+   one connection is opened (TLS and AUTH included) and closed; failing that,
+   :class:`CampaignStartError`.  Nothing has been sent yet.
 4. **Send**: the CSV is streamed again; each block of records whose rows are
    ``pending`` or ``deferred`` (and ``uncertain`` with ``resend_uncertain``)
    is rendered, marked ``sending`` and *committed*, then handed to
@@ -306,7 +309,7 @@ class Campaign:
         address_column: the CSV column holding each recipient's address.
         host, port, ssl, starttls, context, login, timeout: the server, as for ``SMTPPool``.
         connections, rate, retry: the pool's ``size``, ``rate`` and ``Retry``.
-        dkim: an object with ``sign(bytes) -> bytes`` (``DkimSigner``), or None.
+        dkim: a ``dkim_sign.DkimSigner`` (given to ``Template.render(dkim=)``), or None.
         unsubscribe_url, unsubscribe_mailto: List-Unsubscribe targets (RFC 2369,
             RFC 8058 one-click for the URL).
         resume: continue the run recorded in an existing journal.
