@@ -70,7 +70,8 @@ from ._engine import (
     UNCERTAIN,
     SendResult,
 )
-from .batch import _CLIENT_ERRORS, submit_item
+from ._engine import Status
+from .batch import CLIENT_ERRORS, prepare_item
 from .errors import (
     SMTPNotSupportedError,
     SMTPPipelineError,
@@ -90,6 +91,7 @@ except ImportError:  # pragma: no cover
 __all__ = ["SMTPPool", "PoolClosed"]
 
 _monotonic = time.monotonic
+_INF = float("inf")
 _RECV_SIZE = 65536
 if _ssl is not None:
     _WANT = (BlockingIOError, InterruptedError, _ssl.SSLWantReadError, _ssl.SSLWantWriteError)
@@ -126,7 +128,7 @@ class _Slot:
     """One of the pool's connections."""
 
     __slots__ = ("state", "conn", "sock", "eng", "out", "jobs", "deadline", "opened",
-                 "idle_since", "sent", "retiring", "registered", "events", "gen", "unwritten")
+                 "idle_since", "sent", "retiring", "registered", "events", "gen", "unwritten", "tls")
 
     def __init__(self) -> None:
         self.state = _CLOSED
@@ -146,26 +148,33 @@ class _Slot:
         self.registered = False
         self.events = 0
         self.gen = 0  # bumped at each open, so a late handshake result is recognised
+        self.tls = False
 
 
-#: Messages ``send_many`` hands to the I/O thread at a time.
-_BATCH = 64
+#: Messages ``send_many`` hands to the I/O thread at a time (at most).
+_BATCH = 128
+#: A waiting ``send_many`` caller is woken when a quarter of its in-flight
+#: limit has finished, or when a result has waited this long (seconds):
+#: few thread switches under load, results still streamed when it is slow.
+_LINGER = 0.002
+#: ``stats`` keys: plain strings, whatever the status object.
+_STAT_KEY = {s: s.value for s in Status}
 
 
 class _Collector:
     """Where the I/O thread puts one ``send_many`` call's results (instead of a
-    Future per message); the caller is woken once per loop turn, not per result."""
+    Future per message).  The caller sleeps on ``event`` with ``waiting`` set
+    and is woken once ``wake_at`` results are in, or ``_LINGER`` after the
+    first (``SMTPPool._flush_notify``), not per result."""
 
-    __slots__ = ("results", "waiting", "event", "pool")
+    __slots__ = ("results", "waiting", "wake_at", "event", "since")
 
-    def __init__(self, pool: "SMTPPool") -> None:
+    def __init__(self) -> None:
         self.results: collections.deque = collections.deque()
         self.waiting = False
+        self.wake_at = 1
         self.event = threading.Event()
-        self.pool = pool
-
-    def set_running_or_notify_cancel(self) -> bool:
-        return True
+        self.since = 0.0  # when the I/O thread first saw it waiting with results
 
     def cancel(self) -> bool:
         return False
@@ -173,24 +182,9 @@ class _Collector:
     def done(self) -> bool:
         return False
 
-    def set_result(self, result: SendResult) -> None:
-        self.results.append(result)
-        if self.waiting:
-            self.pool._notify.add(self)
-
     def set_exception(self, exc: BaseException) -> None:  # pragma: no cover - internal error
-        self.set_result(SendResult(None, status=NOT_ATTEMPTED, exception=exc))
-
-
-class _Recorder:
-    """Stands in for an engine so ``batch.submit_item`` can unpack an item (and
-    flatten an ``email`` Message) in the caller's thread, not the I/O thread."""
-
-    __slots__ = ("args",)
-
-    def submit(self, tag: Any, from_addr: str, to_addrs: Any, msg: Any, mail_options: Any,
-               rcpt_options: Any, *, result: SendResult) -> None:
-        self.args = (from_addr, to_addrs, msg, tuple(mail_options), tuple(rcpt_options))
+        self.results.append(SendResult(None, status=NOT_ATTEMPTED, exception=exc))
+        self.event.set()
 
 
 class SMTPPool:
@@ -303,6 +297,8 @@ class SMTPPool:
         self._tokens = self.burst
         self._token_time = _monotonic()
         self._connect_hold = 0.0  # no new connection before this time (after a failure)
+        self._scan_at = _INF  # when _scan_slots is next due
+        self._fixed_timeout = timeout if timeout else None  # the reply timeout, when one for all
         self._buf = bytearray(_RECV_SIZE)
         self._view = memoryview(self._buf)
         self._thread = threading.Thread(target=self._run, name="fastsmtplib-pool", daemon=True)
@@ -351,22 +347,37 @@ class SMTPPool:
 
     def _make_job(self, item: Any, index: Any, retry: Optional[Retry], mail_options: Sequence[str],
                   rcpt_options: Sequence[str], fut: Any) -> Optional[_Job]:
-        """A job for ``item``, or None when the client refused it (``fut`` is then resolved)."""
+        """A job for ``item``, or None when the client refused it (``fut`` is
+        then resolved).  Runs in the caller's thread: a Message is flattened
+        here, not in the I/O thread."""
         result = SendResult(index)
-        if not (type(item) is tuple and len(item) == 3 and isinstance(item[2], (str, bytes))):
-            # A Message (or an odd item): unpack and flatten it here, in the caller's thread.
-            rec = _Recorder()
+        if (type(item) is tuple and len(item) == 3 and (type(item[2]) is bytes or type(item[2]) is str)
+                and (type(item[1]) is str or type(item[1]) is list or type(item[1]) is tuple) and item[1]):
+            from_addr, to_addrs, msg = item
+            to_list = [to_addrs] if type(to_addrs) is str else list(to_addrs)
+        else:
             try:
-                submit_item(rec, item, result, mail_options, rcpt_options)
-            except _CLIENT_ERRORS as exc:
+                from_addr, to_list, msg, mail_options = prepare_item(item, mail_options)
+            except CLIENT_ERRORS as exc:
                 exc.__traceback__ = None
                 result.status, result.exception = FAILED, exc
-                fut.set_running_or_notify_cancel()
-                fut.set_result(result)
+                if type(item) is tuple and len(item) == 3:
+                    result.from_addr = item[0]
+                self._refused(fut, result)
                 return None
-            from_addr, to_addrs, msg, mail_options, rcpt_options = rec.args
-            item = (from_addr, to_addrs, msg)
-        return _Job(item, result, fut, retry if retry is not None else self.retry, mail_options, rcpt_options)
+        result.from_addr = from_addr
+        result.to_addrs = to_list
+        return _Job((from_addr, to_list, msg), result, fut, retry if retry is not None else self.retry,
+                    mail_options, rcpt_options)
+
+    @staticmethod
+    def _refused(fut: Any, result: SendResult) -> None:
+        """A message the client refused before the I/O thread saw it."""
+        if type(fut) is _Collector:
+            fut.results.append(result)
+        else:
+            fut.set_running_or_notify_cancel()
+            fut.set_result(result)
 
     def _wake(self) -> None:
         try:
@@ -403,23 +414,24 @@ class SMTPPool:
                    retry: Optional[Retry]) -> Iterator[SendResult]:
         # Messages go to the I/O thread in batches and results come back in
         # batches: one hand-off between the threads per batch, not per message.
-        col = _Collector(self)
+        col = _Collector()
         results = col.results
         source = enumerate(messages)
         outstanding = 0
         exhausted = False
+        make_job = self._make_job
+        wake_at = max(1, limit // 4)
         while True:
             if not exhausted and outstanding < limit:
                 batch: list = []
                 room = min(limit - outstanding, _BATCH)
                 for index, item in source:
+                    outstanding += 1
                     if self._closed:
                         results.append(SendResult(index, status=NOT_ATTEMPTED,
                                                   exception=PoolClosed("the pool is closed")))
-                        outstanding += 1
                         continue
-                    job = self._make_job(item, index, retry, mail_options, rcpt_options, col)
-                    outstanding += 1
+                    job = make_job(item, index, retry, mail_options, rcpt_options, col)
                     if job is not None:
                         batch.append(job)
                         if len(batch) >= room:
@@ -436,9 +448,13 @@ class SMTPPool:
                     return
                 continue
             if exhausted or outstanding >= limit:
+                col.wake_at = min(outstanding, wake_at)
                 col.waiting = True
-                if not results:
-                    col.event.wait(1.0)
+                n = len(results)
+                if n < col.wake_at:
+                    # Results that came just before ``waiting`` was set did not
+                    # ask for a wake-up: do not sleep long on them.
+                    col.event.wait(_LINGER if n else 1.0)
                 col.event.clear()
                 col.waiting = False
 
@@ -520,10 +536,13 @@ class SMTPPool:
         sel.register(self._rsock, selectors.EVENT_READ, None)
         try:
             while True:
-                if self._notify:
-                    self._flush_notify()
                 now = _monotonic()
-                events = sel.select(self._select_timeout(now))
+                timeout = self._select_timeout(now)
+                if self._notify:
+                    due = self._flush_notify(now)
+                    if due is not None and (timeout is None or due - now < timeout):
+                        timeout = max(0.0, due - now)
+                events = sel.select(timeout)
                 for key, mask in events:
                     slot = key.data
                     if slot is None:
@@ -534,10 +553,17 @@ class SMTPPool:
                     if mask & selectors.EVENT_READ and slot.sock is not None:
                         self._on_read(slot)
                 now = _monotonic()
-                self._take_handshakes(now)
-                self._take_new()
-                self._check_timers(now)
-                self._dispatch(now)
+                if self._handshakes:
+                    self._take_handshakes(now)
+                if self._queue.queue:  # a peek; the Queue's lock is taken only when there is work
+                    self._take_new()
+                timers = self._timers
+                if timers and timers[0][0] <= now:
+                    self._check_timers(now)
+                if now >= self._scan_at:
+                    self._scan_slots(now)
+                if self._pending:
+                    self._dispatch(now)
                 if self._closed and self._finished():
                     break
         except BaseException as exc:  # pragma: no cover - a bug: fail every waiter
@@ -552,10 +578,21 @@ class SMTPPool:
             self._rsock.close()
             self._wsock.close()
 
-    def _flush_notify(self) -> None:
+    def _flush_notify(self, now: Optional[float] = None) -> Optional[float]:
+        """Wake the callers whose results are due: ``wake_at`` of them in, or
+        the first waited ``_LINGER`` (every one when ``now`` is None).
+        Returns when the next lingering one is due, or None."""
         notify = self._notify
-        while notify:
-            notify.pop().event.set()
+        due = None
+        for col in list(notify):
+            if now is None or len(col.results) >= col.wake_at or now - col.since >= _LINGER:
+                notify.discard(col)
+                col.event.set()
+            else:
+                t = col.since + _LINGER
+                if due is None or t < due:
+                    due = t
+        return due
 
     def _finished(self) -> bool:
         if self._cancel:
@@ -582,10 +619,12 @@ class SMTPPool:
     def _drop(self, job: _Job, exc: BaseException) -> None:
         """Close(wait=False): cancel a message not handed over, or report its last outcome."""
         self._unfinished -= 1
-        if not _cancel(job.future):  # a retry, or a send_many message
+        fut = job.future
+        if type(fut) is _Collector or not _cancel(fut):  # a retry, or a send_many message
             if not job.result.status:
                 job.result.status, job.result.exception = NOT_ATTEMPTED, exc
-            job.future.set_result(job.result)
+            self._unfinished += 1  # _resolve counts it again
+            self._resolve(job)
 
     def _abort(self, exc: BaseException) -> None:  # pragma: no cover
         for slot in self._slots:
@@ -609,20 +648,13 @@ class SMTPPool:
         self._woken = False
 
     def _select_timeout(self, now: float) -> Optional[float]:
-        when = None
+        # The connections' own times (reply deadlines, idle timeouts) are
+        # looked at by _scan_slots at most every _SCAN seconds, not at every
+        # turn of a busy loop: _slot_wake is when the next scan is due.
+        when = self._scan_at if self._scan_at is not _INF else None
         if self._timers:
-            when = self._timers[0][0]
-        for slot in self._slots:
-            st = slot.state
-            if st == _CLOSED or st == _CONNECTING:
-                continue
-            t = None
-            if slot.deadline:
-                t = slot.deadline
-            elif slot.eng is not None and slot.eng.idle:
-                if self.idle_timeout is not None:
-                    t = slot.idle_since + self.idle_timeout
-            if t is not None and (when is None or t < when):
+            t = self._timers[0][0]
+            if when is None or t < when:
                 when = t
         if self._pending:
             if self.rate is not None and self._tokens < 1 and self._any_room():
@@ -649,8 +681,9 @@ class SMTPPool:
         as the connections could take soon (the queue stays the bound)."""
         want = self.size * self.window * 2 - len(self._pending)
         get = self._queue.get_nowait
+        waiting = self._queue.queue  # peeked without the lock; get_nowait takes it
         pending = self._pending
-        while want > 0:
+        while want > 0 and waiting:
             try:
                 batch = get()
             except queue.Empty:
@@ -669,20 +702,48 @@ class SMTPPool:
         while timers and timers[0][0] <= now:
             _, _, job = heapq.heappop(timers)
             self._pending.appendleft(job)  # retries go first
+
+    def _scan_slots(self, now: float) -> None:
+        """Reply deadlines and idle connections; sets when the next scan is due.
+
+        Not run at every turn of a busy loop, only when something may be due
+        (``_scan_at``): the earliest reply deadline or idle timeout seen at
+        the last scan, or a deadline set since (``_deadline_set``).  A
+        deadline refreshed by a reply only moves later, so a scan that finds
+        it not yet passed just schedules the next one.
+        """
+        wake = _INF
+        idle_timeout = self.idle_timeout
         for slot in self._slots:
             st = slot.state
             if st == _CLOSED or st == _CONNECTING:
                 continue
-            if slot.deadline and slot.deadline <= now:
-                self.stats["reply_timeouts"] += 1
-                self._lost(slot, SMTPReplyTimeout("Connection unexpectedly closed: no reply within the timeout"))
+            if slot.deadline:
+                if slot.deadline <= now:
+                    self.stats["reply_timeouts"] += 1
+                    self._lost(slot, SMTPReplyTimeout("Connection unexpectedly closed: no reply within the timeout"))
+                    continue
+                t = slot.deadline
             elif st == _READY and slot.eng.idle:
                 if (slot.retiring
-                        or (self.idle_timeout is not None and now - slot.idle_since >= self.idle_timeout)
-                        or (self.max_connection_age is not None and now - slot.opened >= self.max_connection_age)):
+                        or (idle_timeout is not None and now - slot.idle_since >= idle_timeout)
+                        or (self.max_connection_age is not None and now - slot.opened >= self.max_connection_age)
+                        or (self._closed and not self._pending and self._queue.empty())):
                     self._close_slot(slot, polite=True)
-                elif self._closed and not self._pending and self._queue.empty():
-                    self._close_slot(slot, polite=True)
+                    continue
+                if idle_timeout is None:
+                    continue
+                t = slot.idle_since + idle_timeout
+            else:
+                continue
+            if t < wake:
+                wake = t
+        self._scan_at = wake
+
+    def _due(self, deadline: float) -> None:
+        """A connection owes replies again: a scan must come by its deadline."""
+        if deadline < self._scan_at:
+            self._scan_at = deadline
 
     def _take_tokens(self, now: float) -> bool:
         """Rate limit: take one token if there is one."""
@@ -699,55 +760,61 @@ class SMTPPool:
         return True
 
     def _dispatch(self, now: float) -> None:
+        """Hand waiting messages to every connection with room; open more if needed."""
         pending = self._pending
-        if not pending:
-            return
-        rate_limited = False
         for slot in self._slots:
             if not pending:
-                break
-            if slot.state != _READY or slot.retiring:
-                continue
-            eng = slot.eng
-            if eng.idle:
-                if self.noop_after is not None and now - slot.idle_since >= self.noop_after:
-                    self._probe(slot, now)
-                    continue
-            wrote = False
-            while pending and eng.room() > 0 and not slot.retiring:
-                if not self._take_tokens(now):
-                    rate_limited = True
-                    break
-                job = pending.popleft()
-                if not self._give(slot, job, now):
-                    if self.rate is not None:
-                        self._tokens += 1  # nothing was handed over
-                    continue
-                wrote = True
-            if wrote:
-                self._flush(slot, now)
-            if rate_limited:
                 return
-        if pending and not rate_limited:
+            if slot.state == _READY and not slot.retiring and slot.eng.room() > 0:
+                given = self._fill(slot, now)
+                if given < 0:
+                    return  # rate limited: nothing more goes anywhere now
+                if given and slot.sock is not None:
+                    self._flush(slot, now)
+        if pending:
             self._open_more(now)
+
+    def _fill(self, slot: _Slot, now: float) -> int:
+        """Give one ready connection what its engine takes now (the caller
+        flushes); how many it took, or -1 if the rate limit stopped it."""
+        eng = slot.eng
+        noop_after = self.noop_after
+        if noop_after is not None and now - slot.idle_since >= noop_after and eng.idle:
+            self._probe(slot, now)
+            return 0
+        pending = self._pending
+        give = self._give
+        limited = self.rate is not None
+        given = 0
+        while pending and not slot.retiring and eng.room() > 0:
+            if limited and not self._take_tokens(now):
+                return -1
+            if give(slot, pending.popleft(), now):
+                given += 1
+            elif limited:
+                self._tokens += 1  # nothing was handed over
+        return given
 
     def _give(self, slot: _Slot, job: _Job, now: float) -> bool:
         """Hand one message to a connection's engine; False if it was not taken."""
-        fut = job.future
+        result = job.result
         if not job.started:
-            if not fut.set_running_or_notify_cancel():
+            fut = job.future
+            if type(fut) is not _Collector and not fut.set_running_or_notify_cancel():
                 self._unfinished -= 1  # cancelled by the caller
                 return False
             job.started = now
-        result = job.result
-        result.status = ""
-        result.data_replies = []
+        else:  # a retry: the result starts again
+            result.status = ""
+            result.data_replies = []
+        from_addr, to_list, msg = job.item
         try:
-            submit_item(slot.eng, job.item, result, job.mail_options, job.rcpt_options)
-        except _CLIENT_ERRORS as exc:
+            slot.eng.submit(result.index, from_addr, to_list, msg, job.mail_options, job.rcpt_options,
+                            result=result)
+        except CLIENT_ERRORS as exc:
             exc.__traceback__ = None
             result.status, result.exception = FAILED, exc
-            self._resolve(job)
+            self._resolve(job, now)
             return False
         slot.jobs[id(result)] = job
         job.written = result.attempts  # the engine counts an attempt as it writes the MAIL
@@ -849,8 +916,11 @@ class SMTPPool:
             slot.retiring = False
             slot.state = _READY
             slot.events = selectors.EVENT_READ
+            slot.tls = hasattr(sock, "pending")  # decrypted bytes may wait with the fd quiet
             self._sel.register(sock, selectors.EVENT_READ, slot)
             slot.registered = True
+            if self.idle_timeout is not None:
+                self._due(now + self.idle_timeout)
 
     def _connect_failed(self, slot: _Slot, exc: BaseException, now: float) -> None:
         slot.state = _CLOSED
@@ -864,7 +934,8 @@ class SMTPPool:
         self._pending.clear()
         for job in jobs:
             if not job.started:
-                if not job.future.set_running_or_notify_cancel():
+                fut = job.future
+                if type(fut) is not _Collector and not fut.set_running_or_notify_cancel():
                     self._unfinished -= 1
                     continue
                 job.started = now
@@ -876,6 +947,7 @@ class SMTPPool:
         slot.state = _PROBING
         self.stats["noops"] += 1
         slot.deadline = now + self._reply_timeout("rset")
+        self._due(slot.deadline)
         self._write(slot, b"noop\r\n", now)
 
     def _reply_timeout(self, kind: Optional[str]) -> float:
@@ -924,17 +996,20 @@ class SMTPPool:
     # -- bytes -------------------------------------------------------------------------------
 
     def _flush(self, slot: _Slot, now: float) -> None:
-        data = slot.eng.bytes_to_send()
+        eng = slot.eng
+        data = eng.bytes_to_send()
         if data:
             unwritten = slot.unwritten
             if unwritten:
                 self._stamp_sent(unwritten)
             self._write(slot, data, now)
-        if slot.sock is not None and slot.state == _READY:
-            eng = slot.eng
+            if slot.sock is None:
+                return
+        if slot.state == _READY:
             if eng.owed:
                 if not slot.deadline:
-                    slot.deadline = now + self._reply_timeout(eng.deadline_kind)
+                    slot.deadline = now + (self._fixed_timeout or self._reply_timeout(eng.deadline_kind))
+                    self._due(slot.deadline)
             else:
                 slot.deadline = 0.0
                 if eng.broken is not None:
@@ -999,6 +1074,7 @@ class SMTPPool:
     def _on_read(self, slot: _Slot) -> None:
         sock = slot.sock
         view = self._view
+        received = self._received
         while True:
             try:
                 n = sock.recv_into(view)
@@ -1007,20 +1083,21 @@ class SMTPPool:
             except OSError as exc:
                 self._lost(slot, SMTPServerDisconnected("Connection unexpectedly closed: %s" % exc))
                 return
-            if not self._received(slot, n):
+            if not received(slot, n):
                 return
-            # TLS: decrypted bytes may wait in the SSL object with the fd quiet.
-            pending = getattr(sock, "pending", None)
-            if pending is None or not pending():
-                if n < len(view):
-                    return
+            if n < _RECV_SIZE and not (slot.tls and sock.pending()):
+                return  # TLS: decrypted bytes may wait in the SSL object with the fd quiet
 
     def _received(self, slot: _Slot, n: int) -> bool:
-        """Handle ``n`` bytes in the buffer; False once the connection is gone."""
-        now = _monotonic()
+        """Handle ``n`` bytes in the buffer; False once the connection is gone.
+
+        The hot path (a read per round trip per connection): one clock read,
+        results resolved in place, the next message given and the write
+        (body + next envelope) issued here.
+        """
         eng = slot.eng
         if slot.state == _PROBING:
-            return self._probe_reply(slot, n, now)
+            return self._probe_reply(slot, n, _monotonic())
         if not eng.owed and eng.idle:
             # Nobody asked: the server spoke on its own (a 421 before its idle
             # timeout) or hung up.  Either way the connection is not reused.
@@ -1031,38 +1108,53 @@ class SMTPPool:
             self._lost(slot, SMTPServerDisconnected("Connection unexpectedly closed"))
             return False
         results = eng.receive(self._view[:n])
-        if eng.owed:
-            slot.deadline = now + self._reply_timeout(eng.deadline_kind)
-        else:
-            slot.deadline = 0.0
+        now = _monotonic()
         if results:
-            self._results(slot, results)
+            jobs = slot.jobs
+            finished = self._finished_attempt
+            for result in results:
+                job = jobs.pop(id(result), None)
+                if job is not None:
+                    finished(job, now)
         if eng.broken is not None:
             self._lost(slot, eng.broken)
             return False
+        if self._pending and not slot.retiring:
+            self._fill(slot, now)
+            if slot.sock is None or slot.state != _READY:
+                return slot.sock is not None
+        data = eng.bytes_to_send()
+        if data:
+            if slot.unwritten:
+                self._stamp_sent(slot.unwritten)
+            self._write(slot, data, now)
+            if slot.sock is None:
+                return False
+        slot.idle_since = now  # the last activity: a connection left idle has been so since
+        if eng.owed:
+            had = slot.deadline
+            slot.deadline = now + (self._fixed_timeout or self._reply_timeout(eng.deadline_kind))
+            if not had:
+                self._due(slot.deadline)
+            return True
+        slot.deadline = 0.0
         if slot.retiring and eng.idle:
             self._close_slot(slot, polite=True)
             return False
-        if eng.room() > 0 and self._pending:
-            self._dispatch(now)
-        if slot.sock is not None:
-            self._flush(slot, now)
-        if slot.sock is not None and eng.idle:
-            slot.idle_since = now
-        return slot.sock is not None
+        return True
 
     def _probe_reply(self, slot: _Slot, n: int, now: float) -> bool:
         if not n:
             self._close_slot(slot)
             return False
         try:
-            replies = slot.conn._parser.feed(self._view[:n])
+            replies = slot.eng.parser.feed(self._view[:n])
         except Exception:
             self._close_slot(slot)
             return False
         if not replies:
             return True
-        if len(replies) == 1 and replies[0][0] == 250 and not slot.conn._parser.in_reply:
+        if len(replies) == 1 and replies[0][0] == 250 and not slot.eng.parser.in_reply:
             slot.state = _READY
             slot.deadline = 0.0
             slot.idle_since = now
@@ -1106,10 +1198,20 @@ class SMTPPool:
     def _resolve(self, job: _Job, now: Optional[float] = None) -> None:
         self._unfinished -= 1
         result = job.result
-        self.stats[str(result.status)] += 1
-        result.done_at = now if now is not None else _monotonic()
+        st = result.status
+        self.stats[_STAT_KEY.get(st, st)] += 1
+        if now is None:
+            now = _monotonic()
+        result.done_at = now
         job.item = None  # the payload is not kept by a finished message
-        job.future.set_result(result)
+        fut = job.future
+        if type(fut) is _Collector:
+            fut.results.append(result)
+            if fut.waiting and fut not in self._notify:
+                fut.since = now
+                self._notify.add(fut)
+        else:
+            fut.set_result(result)
 
 
 def _cancel(fut: Future) -> bool:
