@@ -49,6 +49,7 @@ from __future__ import annotations
 import collections
 import heapq
 import itertools
+import logging
 import os
 import queue
 import random
@@ -88,7 +89,9 @@ try:
 except ImportError:  # pragma: no cover
     _ssl = None  # type: ignore[assignment]
 
-__all__ = ["SMTPPool", "PoolClosed"]
+__all__ = ["SMTPPool", "PoolClosed", "SendCancelled", "SendManyRun"]
+
+log = logging.getLogger("fastsmtplib.pool")
 
 _monotonic = time.monotonic
 _INF = float("inf")
@@ -104,6 +107,11 @@ _CLOSED, _CONNECTING, _READY, _PROBING = range(4)
 
 class PoolClosed(RuntimeError):
     """The pool was closed: it takes no more messages."""
+
+
+class SendCancelled(RuntimeError):
+    """The ``send_many`` run was closed before this message was handed to a
+    connection: it was never sent (``status`` is ``not_attempted``)."""
 
 
 class _Job:
@@ -167,10 +175,11 @@ class _Collector:
     and is woken once ``wake_at`` results are in, or ``_LINGER`` after the
     first (``SMTPPool._flush_notify``), not per result."""
 
-    __slots__ = ("results", "waiting", "wake_at", "event", "since")
+    __slots__ = ("results", "waiting", "wake_at", "event", "since", "closed")
 
     def __init__(self) -> None:
         self.results: collections.deque = collections.deque()
+        self.closed = False  # the caller stopped: hand nothing more over, retry nothing
         self.waiting = False
         self.wake_at = 1
         self.event = threading.Event()
@@ -185,6 +194,50 @@ class _Collector:
     def set_exception(self, exc: BaseException) -> None:  # pragma: no cover - internal error
         self.results.append(SendResult(None, status=NOT_ATTEMPTED, exception=exc))
         self.event.set()
+
+
+class SendManyRun:
+    """What ``SMTPPool.send_many`` returns: an iterator of ``SendResult``.
+
+    Iterate it to the end, or stop early: ``close()`` (also run by ``break``
+    once the run is dropped, by leaving ``with pool.send_many(...) as run``,
+    and by garbage collection) cancels the messages not yet handed to a
+    connection, lets those handed over finish (no retries), waits for them,
+    and puts every result the caller has not taken into ``unreported``.
+
+    Attributes:
+        unreported: the results not yielded before the run was closed, in
+            the order they completed (cancelled ones: ``not_attempted`` with
+            ``SendCancelled``).  Empty after a run iterated to its end.
+    """
+
+    def __init__(self, pool: "SMTPPool", messages: Iterable[Any], limit: int, mail_options: tuple,
+                 rcpt_options: tuple, retry: Optional[Retry]) -> None:
+        self.unreported: list[SendResult] = []
+        self._outstanding = 0  # pulled from the input, result not yet taken
+        self._gen = pool._send_many(self, messages, limit, mail_options, rcpt_options, retry)
+
+    def __iter__(self) -> "SendManyRun":
+        return self
+
+    def __next__(self) -> SendResult:
+        return next(self._gen)
+
+    def close(self) -> None:
+        """Stop: see the class docstring.  Returns once every message handed
+        to a connection has its outcome; idempotent."""
+        self._gen.close()
+
+    def __enter__(self) -> "SendManyRun":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        gen = getattr(self, "_gen", None)
+        if gen is not None:
+            gen.close()
 
 
 class SMTPPool:
@@ -286,6 +339,7 @@ class SMTPPool:
         self._lock = threading.Lock()  # submit vs close
         self._handshakes: collections.deque = collections.deque()  # (slot, gen, conn or exc)
         self._notify: set = set()  # collectors with results for a waiting caller
+        self._sweeps: collections.deque = collections.deque()  # collectors of stopped send_many runs
         self._rng = random.Random()
         # I/O thread state.
         self._sel = selectors.DefaultSelector()
@@ -393,40 +447,91 @@ class SMTPPool:
         rcpt_options: Sequence[str] = (),
         retry: Optional[Retry] = None,
         max_in_flight: Optional[int] = None,
-    ) -> Iterator[SendResult]:
+    ) -> "SendManyRun":
         """Send every message; yield one ``SendResult`` each, as they complete.
 
         ``messages`` are as for ``SMTP.send_many`` and are pulled lazily: at
         most ``max_in_flight`` are unfinished at once, so a generator of a
         million messages keeps memory flat.  ``result.index`` is the
         message's position in ``messages``.  Safe to run from several
-        threads at once (each call its own iterator).  Stopping early leaves
-        the submitted messages to finish; their results are dropped.
+        threads at once (each call its own iterator).
+
+        Stopping early (``break``, ``close()``, leaving a ``with`` block on
+        the returned ``SendManyRun``): no more messages are pulled from
+        ``messages``; those pulled but not yet handed to a connection are
+        cancelled, never sent (``not_attempted``, ``SendCancelled``); those
+        already handed over finish their attempt, and are not retried; and
+        ``close()`` waits for them.  Every result the caller did not get is
+        then in ``run.unreported`` (and a summary is logged to
+        ``fastsmtplib.pool``): nothing is dropped silently.
         """
         limit = max_in_flight or self.max_in_flight
         if limit < 1:
             raise ValueError("max_in_flight must be at least 1")
         if self._closed:
             raise PoolClosed("the pool is closed")
-        return self._send_many(messages, limit, tuple(mail_options), tuple(rcpt_options), retry)
+        return SendManyRun(self, messages, limit, tuple(mail_options), tuple(rcpt_options), retry)
 
-    def _send_many(self, messages: Iterable[Any], limit: int, mail_options: tuple, rcpt_options: tuple,
-                   retry: Optional[Retry]) -> Iterator[SendResult]:
+    def _send_many(self, run: "SendManyRun", messages: Iterable[Any], limit: int, mail_options: tuple,
+                   rcpt_options: tuple, retry: Optional[Retry]) -> Iterator[SendResult]:
         # Messages go to the I/O thread in batches and results come back in
         # batches: one hand-off between the threads per batch, not per message.
         col = _Collector()
         results = col.results
+        try:
+            yield from self._send_many_loop(run, col, messages, limit, mail_options, rcpt_options, retry)
+        except GeneratorExit:
+            self._stop_run(run, col)
+            raise
+
+    def _stop_run(self, run: "SendManyRun", col: _Collector) -> None:
+        """The caller stopped a ``send_many``: cancel what was not handed
+        over, wait for the rest, keep every result it did not get."""
+        col.closed = True
+        outstanding = run._outstanding
+        with self._lock:
+            alive = self._thread.is_alive()
+            if alive:
+                self._sweeps.append(col)
+        if alive:
+            self._wake()
+        results = col.results
+        unreported = run.unreported
+        in_io_thread = threading.current_thread() is self._thread
+        while outstanding > 0:
+            while results:
+                unreported.append(results.popleft())
+                outstanding -= 1
+            if outstanding <= 0 or in_io_thread:
+                break
+            if not self._thread.is_alive():  # pragma: no cover - the loop ended on an internal error
+                break
+            col.wake_at = outstanding
+            col.waiting = True
+            if len(results) < outstanding:
+                col.event.wait(0.05)
+            col.event.clear()
+            col.waiting = False
+        run._outstanding = outstanding
+        if unreported:
+            counts = collections.Counter(_STAT_KEY.get(r.status, r.status) for r in unreported)
+            level = logging.INFO if set(counts) <= {"delivered", "partial"} else logging.WARNING
+            log.log(level, "send_many stopped early: %d results not taken by the caller (%s); see SendManyRun.unreported",
+                    len(unreported), ", ".join("%s %d" % kv for kv in sorted(counts.items())))
+
+    def _send_many_loop(self, run: "SendManyRun", col: _Collector, messages: Iterable[Any], limit: int,
+                        mail_options: tuple, rcpt_options: tuple, retry: Optional[Retry]) -> Iterator[SendResult]:
+        results = col.results
         source = enumerate(messages)
-        outstanding = 0
         exhausted = False
         make_job = self._make_job
         wake_at = max(1, limit // 4)
         while True:
-            if not exhausted and outstanding < limit:
+            if not exhausted and run._outstanding < limit:
                 batch: list = []
-                room = min(limit - outstanding, _BATCH)
+                room = min(limit - run._outstanding, _BATCH)
                 for index, item in source:
-                    outstanding += 1
+                    run._outstanding += 1
                     if self._closed:
                         results.append(SendResult(index, status=NOT_ATTEMPTED,
                                                   exception=PoolClosed("the pool is closed")))
@@ -441,14 +546,14 @@ class SMTPPool:
                 if batch:
                     self._put(batch)
             while results:
-                outstanding -= 1
+                run._outstanding -= 1
                 yield results.popleft()
-            if not outstanding:
+            if not run._outstanding:
                 if exhausted:
                     return
                 continue
-            if exhausted or outstanding >= limit:
-                col.wake_at = min(outstanding, wake_at)
+            if exhausted or run._outstanding >= limit:
+                col.wake_at = min(run._outstanding, wake_at)
                 col.waiting = True
                 n = len(results)
                 if n < col.wake_at:
@@ -555,6 +660,8 @@ class SMTPPool:
                 now = _monotonic()
                 if self._handshakes:
                     self._take_handshakes(now)
+                if self._sweeps:
+                    self._sweep()
                 if self._queue.queue:  # a peek; the Queue's lock is taken only when there is work
                     self._take_new()
                 timers = self._timers
@@ -697,6 +804,35 @@ class SMTPPool:
             pending.extend(batch)
             want -= len(batch)
 
+    def _sweep(self) -> None:
+        """Stopped ``send_many`` runs: their messages waiting here (new, or
+        for a retry) end now; those on a connection finish there."""
+        cols = set()
+        while self._sweeps:
+            cols.add(self._sweeps.popleft())
+        pending = self._pending
+        keep = [job for job in pending if job.future not in cols]
+        ended = [job for job in pending if job.future in cols]
+        if ended:
+            pending.clear()
+            pending.extend(keep)
+        if self._timers:
+            timers = [t for t in self._timers if t[2].future not in cols]
+            if len(timers) != len(self._timers):
+                ended += [t[2] for t in self._timers if t[2].future in cols]
+                heapq.heapify(timers)
+                self._timers = timers
+        for job in ended:
+            self._end_cancelled(job)
+
+    def _end_cancelled(self, job: _Job) -> None:
+        """A job of a stopped run that will not be handed over (again)."""
+        result = job.result
+        if not job.started or not result.status:  # never sent: cancelled
+            result.status = NOT_ATTEMPTED
+            result.exception = SendCancelled("send_many was stopped before this message was handed to a connection")
+        self._resolve(job)  # else: the outcome of its last attempt stands
+
     def _check_timers(self, now: float) -> None:
         timers = self._timers
         while timers and timers[0][0] <= now:
@@ -798,8 +934,11 @@ class SMTPPool:
     def _give(self, slot: _Slot, job: _Job, now: float) -> bool:
         """Hand one message to a connection's engine; False if it was not taken."""
         result = job.result
+        fut = job.future
+        if type(fut) is _Collector and fut.closed:
+            self._end_cancelled(job)
+            return False
         if not job.started:
-            fut = job.future
             if type(fut) is not _Collector and not fut.set_running_or_notify_cancel():
                 self._unfinished -= 1  # cancelled by the caller
                 return False
@@ -886,7 +1025,7 @@ class SMTPPool:
                 conn.ehlo()
             if self.login is not None:
                 conn.login(*self.login)
-            conn._check_in_step()  # a reply nobody asked for: do not use it
+            conn.check_in_step()  # a reply nobody asked for: do not use it
         except BaseException:
             conn.close()
             raise
@@ -908,7 +1047,7 @@ class SMTPPool:
             sock.setblocking(False)
             slot.conn = conn
             slot.sock = sock
-            slot.eng = conn._engine(self.window)
+            slot.eng = conn.engine(self.window)
             slot.out = None
             slot.deadline = 0.0
             slot.opened = slot.idle_since = now
@@ -1183,7 +1322,7 @@ class SMTPPool:
             return
         if status is DEFERRED or status is NOT_ATTEMPTED or status is UNCERTAIN or status in (
                 "deferred", "not_attempted", "uncertain"):
-            if self._cancel:
+            if self._cancel or (type(job.future) is _Collector and job.future.closed):
                 self._resolve(job, now)
                 return
             retry = job.retry.increment(status, result.reply, elapsed=now - job.started)
