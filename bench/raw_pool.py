@@ -78,6 +78,7 @@ def _sink_pid(sink: PinnedSink) -> Optional[int]:
 
 def _open(host: str, port: int) -> socket.socket:
     sock = socket.create_connection((host, port), timeout=30)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as SMTP (and so the pool) does
     buf = b""
     while not buf.endswith(b"\r\n"):
         buf += sock.recv(4096)

@@ -352,6 +352,10 @@ class SMTPPool:
         self._token_time = _monotonic()
         self._connect_hold = 0.0  # no new connection before this time (after a failure)
         self._scan_at = _INF  # when _scan_slots is next due
+        # A connection may take waiting messages that no read will hand it:
+        # new or retried messages, a new connection, a rate-limit or connect
+        # wait that ended.  Reads fill their own connection (_received).
+        self._dirty = True
         self._fixed_timeout = timeout if timeout else None  # the reply timeout, when one for all
         self._buf = bytearray(_RECV_SIZE)
         self._view = memoryview(self._buf)
@@ -669,7 +673,7 @@ class SMTPPool:
                     self._check_timers(now)
                 if now >= self._scan_at:
                     self._scan_slots(now)
-                if self._pending:
+                if self._dirty and self._pending:
                     self._dispatch(now)
                 if self._closed and self._finished():
                     break
@@ -802,6 +806,7 @@ class SMTPPool:
                     self._drop(job, exc)
                 continue
             pending.extend(batch)
+            self._dirty = True
             want -= len(batch)
 
     def _sweep(self) -> None:
@@ -838,6 +843,7 @@ class SMTPPool:
         while timers and timers[0][0] <= now:
             _, _, job = heapq.heappop(timers)
             self._pending.appendleft(job)  # retries go first
+            self._dirty = True
 
     def _scan_slots(self, now: float) -> None:
         """Reply deadlines and idle connections; sets when the next scan is due.
@@ -897,22 +903,30 @@ class SMTPPool:
 
     def _dispatch(self, now: float) -> None:
         """Hand waiting messages to every connection with room; open more if needed."""
+        self._dirty = False
         pending = self._pending
         for slot in self._slots:
             if not pending:
                 return
-            if slot.state == _READY and not slot.retiring and slot.eng.room() > 0:
-                given = self._fill(slot, now)
+            if slot.state == _READY and not slot.retiring:
+                room = slot.eng.room()
+                if room <= 0:
+                    continue
+                given = self._fill(slot, now, room)
                 if given < 0:
-                    return  # rate limited: nothing more goes anywhere now
+                    self._dirty = True  # rate limited: again once a token is due
+                    return
                 if given and slot.sock is not None:
                     self._flush(slot, now)
         if pending:
+            if now < self._connect_hold:
+                self._dirty = True  # again once the hold ends (the select timeout)
             self._open_more(now)
 
-    def _fill(self, slot: _Slot, now: float) -> int:
-        """Give one ready connection what its engine takes now (the caller
-        flushes); how many it took, or -1 if the rate limit stopped it."""
+    def _fill(self, slot: _Slot, now: float, room: int) -> int:
+        """Give one ready connection up to ``room`` messages (its engine's
+        ``room()``: each message taken uses one); the caller flushes.  How
+        many it took, or -1 if the rate limit stopped it."""
         eng = slot.eng
         noop_after = self.noop_after
         if noop_after is not None and now - slot.idle_since >= noop_after and eng.idle:
@@ -922,11 +936,12 @@ class SMTPPool:
         give = self._give
         limited = self.rate is not None
         given = 0
-        while pending and not slot.retiring and eng.room() > 0:
+        while room > 0 and pending and not slot.retiring:
             if limited and not self._take_tokens(now):
                 return -1
             if give(slot, pending.popleft(), now):
                 given += 1
+                room -= 1
             elif limited:
                 self._tokens += 1  # nothing was handed over
         return given
@@ -1033,6 +1048,7 @@ class SMTPPool:
 
     def _take_handshakes(self, now: float) -> None:
         hs = self._handshakes
+        self._dirty = True
         while hs:
             slot, gen, outcome = hs.popleft()
             if gen != slot.gen or slot.state != _CONNECTING:  # pragma: no cover - defensive
@@ -1095,6 +1111,7 @@ class SMTPPool:
         return RFC5321_TIMEOUTS.get(kind or "mail", 300.0)
 
     def _close_slot(self, slot: _Slot, polite: bool = False) -> None:
+        self._dirty = True  # a connection may be opened in its place
         sock = slot.sock
         if sock is not None:
             if slot.registered:
@@ -1258,8 +1275,13 @@ class SMTPPool:
         if eng.broken is not None:
             self._lost(slot, eng.broken)
             return False
+        # Give, write, and give again: with DATA the next envelope waits for
+        # its 354, so the message after it is handed over now, ready for the
+        # next round trip; with BDAT the window's room goes in this write.
         if self._pending and not slot.retiring:
-            self._fill(slot, now)
+            room = eng.room()
+            if room > 0 and self._fill(slot, now, room) < 0:
+                self._dirty = True
             if slot.sock is None or slot.state != _READY:
                 return slot.sock is not None
         data = eng.bytes_to_send()
@@ -1269,6 +1291,20 @@ class SMTPPool:
             self._write(slot, data, now)
             if slot.sock is None:
                 return False
+        room = eng.room() if self._pending and not slot.retiring else 0
+        if room > 0:
+            given = self._fill(slot, now, room)
+            if slot.sock is None or slot.state != _READY:
+                return slot.sock is not None
+            if given < 0:
+                self._dirty = True
+            elif given:
+                data = eng.bytes_to_send()
+                if data:
+                    self._stamp_sent(slot.unwritten)
+                    self._write(slot, data, now)
+                    if slot.sock is None:
+                        return False
         slot.idle_since = now  # the last activity: a connection left idle has been so since
         if eng.owed:
             had = slot.deadline
