@@ -37,6 +37,15 @@ Shape (DESIGN.md §5)::
   says ``retry_uncertain=True``.  A message's ``SendResult`` is reported once,
   when its last attempt ends; ``attempts`` counts the times it was handed to a
   server; a message deferred after its last retry carries the last reply.
+* ``send_many`` returns a ``SendManyRun``.  Stopped early (``close()``,
+  ``break``, leaving ``with``), it pulls no more input, cancels what was not
+  yet handed to a connection (``not_attempted``, ``SendCancelled``), lets
+  what was handed over finish without retries, waits for it, and keeps every
+  result the caller did not take in ``run.unreported`` (and logs a summary).
+* The pool reaches the blocking classes and the engine only through the
+  package's documented driver interface: ``SMTP.engine()``,
+  ``SMTP.check_in_step()``, ``batch.prepare_item``/``CLIENT_ERRORS``, and the
+  ``Engine``'s own methods and ``parser``.
 * Latency: ``SendResult.sent_at`` is ``time.monotonic()`` when the write
   carrying the message's MAIL command was issued (its first attempt's, so a
   retried message's latency includes its retries; None if it was never
