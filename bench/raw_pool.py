@@ -13,6 +13,12 @@ the kernel and smtp-sink allow this machine; the pool cannot beat it.
     python bench/raw_pool.py                     # 40,000 x 1 KB, 8 connections
     python bench/raw_pool.py --messages 100000 --size 8 --runs 3
     python bench/raw_pool.py --pool              # the pool in the same run, for the ratio
+    python bench/raw_pool.py --pool --engine     # and the engine under a minimal one-thread driver
+
+``--engine`` adds the engine (``_engine.py``) driven by the fewest lines that
+can drive it (one thread, no results kept, no policies): the difference from
+the raw row is the engine's own cost per message, the difference from the pool
+row is the pool's (its I/O thread, hand-offs, results, policies).
 
 smtp-sink runs pinned to CPU 1 and this process to CPU 0.  ``CPU us/msg`` is
 this process's user+sys CPU per message; ``sink us/msg`` is smtp-sink's (from
@@ -163,6 +169,45 @@ def raw_run(host: str, port: int, n: int, size: int, first: bytes, body: bytes) 
     return total
 
 
+def engine_run(host: str, port: int, n: int, size: int, msg: bytes) -> None:
+    """The engine over ``size`` connections, driven by one minimal selectors loop."""
+    sel = selectors.DefaultSelector()
+    conns = []
+    left, done = n, 0
+    view = memoryview(bytearray(65536))
+    for _ in range(size):
+        c = fastsmtplib.SMTP(host, port, "engine.example", timeout=30)
+        c.ehlo_or_helo_if_needed()
+        eng = c.engine(32)
+        c.sock.setblocking(False)
+        conns.append(c)
+        sel.register(c.sock, selectors.EVENT_READ, (c.sock, eng))
+        if left:
+            eng.submit(0, FROM, TO, msg)
+            left -= 1
+            c.sock.send(eng.bytes_to_send())
+    while done < n:
+        for key, _ in sel.select():
+            sock, eng = key.data
+            got = sock.recv_into(view)
+            if not got:
+                raise ConnectionError("sink closed a connection")
+            for r in eng.receive(view[:got]):
+                if r.status != "delivered":
+                    raise AssertionError(r)
+                done += 1
+            if left and eng.room() > 0:
+                eng.submit(0, FROM, TO, msg)
+                left -= 1
+            data = eng.bytes_to_send()
+            if data:
+                sock.send(data)
+    sel.close()
+    for c in conns:
+        c.sock.setblocking(True)
+        c.quit()
+
+
 def pool_run(host: str, port: int, n: int, size: int, msg: bytes) -> None:
     pool = fastsmtplib.SMTPPool(host, port, size=size, local_hostname="client.example", timeout=30,
                                 max_messages_per_connection=None)
@@ -189,6 +234,7 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--size", type=int, default=8, help="connections (default 8)")
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--pool", action="store_true", help="also time SMTPPool(size) in the same run")
+    ap.add_argument("--engine", action="store_true", help="also time the engine under a minimal driver")
     args = ap.parse_args(argv)
     why = sink_available()
     if why:
@@ -211,6 +257,8 @@ def main(argv: Optional[list] = None) -> int:
             row("raw (prebuilt bytes)",
                 measure(sink, n, lambda: lines.append(raw_run(sink.host, sink.port, n, args.size, first, body))))
             assert lines[0] == 4 * n, (lines[0], 4 * n)
+            if args.engine:
+                row("engine, minimal driver", measure(sink, n, lambda: engine_run(sink.host, sink.port, n, args.size, msg)))
             if args.pool:
                 row(f"SMTPPool(size={args.size})", measure(sink, n, lambda: pool_run(sink.host, sink.port, n, args.size, msg)))
     return 0
