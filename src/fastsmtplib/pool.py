@@ -1276,11 +1276,26 @@ class SMTPPool:
         now = _monotonic()
         if results:
             jobs = slot.jobs
-            finished = self._finished_attempt
+            delivered = 0
             for result in results:
                 job = jobs.pop(id(result), None)
-                if job is not None:
-                    finished(job, now)
+                if job is None:  # pragma: no cover - defensive
+                    continue
+                col = job.future
+                if result.status is DELIVERED and type(col) is _Collector:
+                    # The common case, as _finished_attempt + _resolve would do it.
+                    delivered += 1
+                    result.done_at = now
+                    job.item = None
+                    col.results.append(result)
+                    if col.waiting and col not in self._notify:
+                        col.since = now
+                        self._notify.add(col)
+                else:
+                    self._finished_attempt(job, now)
+            if delivered:
+                self._unfinished -= delivered
+                self.stats["delivered"] += delivered
         if eng.broken is not None:
             self._lost(slot, eng.broken)
             return False
