@@ -145,7 +145,8 @@ class _Slot:
     """One of the pool's connections."""
 
     __slots__ = ("state", "conn", "sock", "eng", "out", "jobs", "deadline", "opened",
-                 "idle_since", "sent", "retiring", "registered", "events", "gen", "unwritten", "tls")
+                 "idle_since", "sent", "retiring", "registered", "events", "gen", "unwritten", "tls",
+                 "max_sent", "retire_at")
 
     def __init__(self) -> None:
         self.state = _CLOSED
@@ -166,6 +167,8 @@ class _Slot:
         self.events = 0
         self.gen = 0  # bumped at each open, so a late handshake result is recognised
         self.tls = False
+        self.max_sent = _INF  # retire after this many messages (max_messages_per_connection)
+        self.retire_at = _INF  # ... or at this time (opened + max_connection_age)
 
 
 #: Messages ``send_many`` hands to the I/O thread at a time (at most).
@@ -953,6 +956,8 @@ class SMTPPool:
                 room -= 1
             elif limited:
                 self._tokens += 1  # nothing was handed over
+        if given:
+            self.stats["handed"] += given
         return given
 
     def _give(self, slot: _Slot, job: _Job, now: float) -> bool:
@@ -982,12 +987,8 @@ class SMTPPool:
         slot.jobs[id(result)] = job
         job.written = result.attempts  # the engine counts an attempt as it writes the MAIL
         slot.unwritten.append(job)
-        slot.sent += 1
-        self.stats["handed"] += 1
-        limit = self.max_messages_per_connection
-        if limit is not None and slot.sent >= limit:
-            slot.retiring = True
-        elif self.max_connection_age is not None and now - slot.opened >= self.max_connection_age:
+        slot.sent += 1  # ("handed" is counted by _fill, once per fill)
+        if slot.sent >= slot.max_sent or now >= slot.retire_at:
             slot.retiring = True
         return True
 
@@ -1077,6 +1078,8 @@ class SMTPPool:
             slot.deadline = 0.0
             slot.opened = slot.idle_since = now
             slot.sent = 0
+            slot.max_sent = self.max_messages_per_connection or _INF
+            slot.retire_at = now + self.max_connection_age if self.max_connection_age is not None else _INF
             slot.retiring = False
             slot.state = _READY
             slot.events = selectors.EVENT_READ
