@@ -14,6 +14,7 @@ the kernel and smtp-sink allow this machine; the pool cannot beat it.
     python bench/raw_pool.py --messages 100000 --size 8 --runs 3
     python bench/raw_pool.py --pool              # the pool in the same run, for the ratio
     python bench/raw_pool.py --pool --engine     # and the engine under a minimal one-thread driver
+    PYTHONPATH=/old/tree/src python bench/raw_pool.py --pool   # another version of the pool, same script
 
 ``--engine`` adds the engine (``_engine.py``) driven by the fewest lines that
 can drive it (one thread, no results kept, no policies): the difference from
@@ -57,7 +58,8 @@ def pool_bytes(host: str, port: int, msg: bytes) -> tuple[bytes, bytes]:
     conn = fastsmtplib.SMTP(host, port, "raw.example", timeout=30)
     try:
         conn.ehlo_or_helo_if_needed()
-        prep = conn.engine(1).encoder.encode(FROM, TO, msg, (), ())
+        engine = getattr(conn, "engine", None) or conn._engine  # older trees, for before/after runs
+        prep = engine(1).encoder.encode(FROM, TO, msg, (), ())
     finally:
         conn.quit()
     return prep.envelope + b"data\r\n", prep.payload
@@ -178,7 +180,7 @@ def engine_run(host: str, port: int, n: int, size: int, msg: bytes) -> None:
     for _ in range(size):
         c = fastsmtplib.SMTP(host, port, "engine.example", timeout=30)
         c.ehlo_or_helo_if_needed()
-        eng = c.engine(32)
+        eng = (getattr(c, "engine", None) or c._engine)(32)
         c.sock.setblocking(False)
         conns.append(c)
         sel.register(c.sock, selectors.EVENT_READ, (c.sock, eng))
