@@ -30,6 +30,11 @@ limits, a TLS error, replies out of step), every message pulled from the input
 gets its result, every later one is reported ``not_attempted`` as the caller
 pulls it, and the iteration ends normally.  At most ``window`` messages are
 read ahead of the results, those the client refused included.
+
+Package interface (stable names other modules of the package use; not part
+of the public API): ``CLIENT_ERRORS``, ``prepare_item`` and ``submit_item``.
+``SMTPPool`` prepares items in the caller's thread and submits them to a
+connection's ``Engine`` in its I/O thread.
 """
 
 from __future__ import annotations
@@ -55,7 +60,8 @@ __all__ = ["SendResult", "Status", "send_many", "DELIVERED", "PARTIAL", "REFUSED
            "FAILED", "UNCERTAIN", "NOT_ATTEMPTED"]
 
 #: What the client refuses at submit time (reported ``failed``, never sent).
-_CLIENT_ERRORS = (ValueError, TypeError, UnicodeError, SMTPException)
+CLIENT_ERRORS = (ValueError, TypeError, UnicodeError, SMTPException)
+_CLIENT_ERRORS = CLIENT_ERRORS
 
 
 def _unpack(item: Any) -> tuple[Any, Any, Any]:
@@ -66,8 +72,17 @@ def _unpack(item: Any) -> tuple[Any, Any, Any]:
     raise TypeError("send_many() wants (from_addr, to_addrs, msg) tuples or Message objects, got %r" % type(item))
 
 
-def submit_item(eng: Any, item: Any, result: SendResult, mail_options: Sequence[str], rcpt_options: Sequence[str]) -> None:
-    """Hand one input item to the engine (a Message is flattened first)."""
+def prepare_item(item: Any, mail_options: Sequence[str]) -> tuple[Any, list, Any, Sequence[str]]:
+    """One input item as ``(from_addr, to_addrs list, msg, mail_options)`` (package interface).
+
+    ``item`` is a ``(from_addr, to_addrs, msg)`` tuple or an ``email``
+    Message; a Message (alone or as ``msg``) is flattened here, its envelope
+    taken from its headers where not given, and SMTPUTF8/8BITMIME added to
+    the MAIL options when an address needs them.  ``to_addrs`` may be one
+    address (a str).  Raises ``TypeError`` for any other item and
+    ``ValueError`` when there is no recipient; the message is not encoded
+    yet (``Engine.submit`` does that, and raises the rest of ``CLIENT_ERRORS``).
+    """
     if type(item) is tuple and len(item) == 3 and not hasattr(item[2], "get_all"):
         from_addr, to_addrs, msg = item
     else:
@@ -78,13 +93,23 @@ def submit_item(eng: Any, item: Any, result: SendResult, mail_options: Sequence[
             if utf8:
                 mail_options = (*mail_options, "SMTPUTF8", "BODY=8BITMIME")
             msg = _message.flatten(msg, utf8=utf8)
-    # Set before submitting, so that a message the client refuses is reported
-    # with its envelope.
-    result.from_addr = from_addr
-    result.to_addrs = [to_addrs] if isinstance(to_addrs, str) else list(to_addrs or ())
-    if not result.to_addrs:
+    to_list = [to_addrs] if isinstance(to_addrs, str) else list(to_addrs or ())
+    if not to_list:
         raise ValueError("message has no recipients")
-    eng.submit(result.index, from_addr, result.to_addrs, msg, mail_options, rcpt_options, result=result)
+    return from_addr, to_list, msg, mail_options
+
+
+def submit_item(eng: Any, item: Any, result: SendResult, mail_options: Sequence[str], rcpt_options: Sequence[str]) -> None:
+    """Hand one input item to the engine (package interface): ``prepare_item``,
+    then ``Engine.submit`` with ``result``.
+
+    ``result`` gets the envelope before the engine sees the message, so a
+    message the client refuses (``CLIENT_ERRORS``, raised) is reported with it.
+    """
+    from_addr, to_list, msg, mail_options = prepare_item(item, mail_options)
+    result.from_addr = from_addr
+    result.to_addrs = to_list
+    eng.submit(result.index, from_addr, to_list, msg, mail_options, rcpt_options, result=result)
 
 
 def _not_attempted(source: Iterator[tuple[int, Any]], exc: BaseException) -> Iterator[SendResult]:
@@ -113,8 +138,8 @@ def send_many(
     if window < 1:
         raise ValueError("window must be at least 1")
     conn.ehlo_or_helo_if_needed()
-    conn._check_in_step()  # an unasked reply would shift every pairing below
-    eng = conn._engine(window)
+    conn.check_in_step()  # an unasked reply would shift every pairing below
+    eng = conn.engine(window)
     source = enumerate(messages)
     order: collections.deque[SendResult] = collections.deque()
     exhausted = False
@@ -135,7 +160,7 @@ def send_many(
                 order.append(result)
                 try:
                     submit_item(eng, item, result, mail_options, rcpt_options)
-                except _CLIENT_ERRORS as exc:
+                except CLIENT_ERRORS as exc:
                     exc.__traceback__ = None  # keep no frames (and payloads) alive
                     result.status, result.exception = FAILED, exc
             while order and order[0].status:

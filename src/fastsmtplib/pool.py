@@ -37,6 +37,15 @@ Shape (DESIGN.md §5)::
   says ``retry_uncertain=True``.  A message's ``SendResult`` is reported once,
   when its last attempt ends; ``attempts`` counts the times it was handed to a
   server; a message deferred after its last retry carries the last reply.
+* ``send_many`` returns a ``SendManyRun``.  Stopped early (``close()``,
+  ``break``, leaving ``with``), it pulls no more input, cancels what was not
+  yet handed to a connection (``not_attempted``, ``SendCancelled``), lets
+  what was handed over finish without retries, waits for it, and keeps every
+  result the caller did not take in ``run.unreported`` (and logs a summary).
+* The pool reaches the blocking classes and the engine only through the
+  package's documented driver interface: ``SMTP.engine()``,
+  ``SMTP.check_in_step()``, ``batch.prepare_item``/``CLIENT_ERRORS``, and the
+  ``Engine``'s own methods and ``parser``.
 * Latency: ``SendResult.sent_at`` is ``time.monotonic()`` when the write
   carrying the message's MAIL command was issued (its first attempt's, so a
   retried message's latency includes its retries; None if it was never
@@ -49,6 +58,7 @@ from __future__ import annotations
 import collections
 import heapq
 import itertools
+import logging
 import os
 import queue
 import random
@@ -70,7 +80,8 @@ from ._engine import (
     UNCERTAIN,
     SendResult,
 )
-from .batch import _CLIENT_ERRORS, submit_item
+from ._engine import Status
+from .batch import CLIENT_ERRORS, prepare_item
 from .errors import (
     SMTPNotSupportedError,
     SMTPPipelineError,
@@ -87,9 +98,12 @@ try:
 except ImportError:  # pragma: no cover
     _ssl = None  # type: ignore[assignment]
 
-__all__ = ["SMTPPool", "PoolClosed"]
+__all__ = ["SMTPPool", "PoolClosed", "SendCancelled", "SendManyRun"]
+
+log = logging.getLogger("fastsmtplib.pool")
 
 _monotonic = time.monotonic
+_INF = float("inf")
 _RECV_SIZE = 65536
 if _ssl is not None:
     _WANT = (BlockingIOError, InterruptedError, _ssl.SSLWantReadError, _ssl.SSLWantWriteError)
@@ -102,6 +116,11 @@ _CLOSED, _CONNECTING, _READY, _PROBING = range(4)
 
 class PoolClosed(RuntimeError):
     """The pool was closed: it takes no more messages."""
+
+
+class SendCancelled(RuntimeError):
+    """The ``send_many`` run was closed before this message was handed to a
+    connection: it was never sent (``status`` is ``not_attempted``)."""
 
 
 class _Job:
@@ -126,7 +145,8 @@ class _Slot:
     """One of the pool's connections."""
 
     __slots__ = ("state", "conn", "sock", "eng", "out", "jobs", "deadline", "opened",
-                 "idle_since", "sent", "retiring", "registered", "events", "gen", "unwritten")
+                 "idle_since", "sent", "retiring", "registered", "events", "gen", "unwritten", "tls",
+                 "max_sent", "retire_at")
 
     def __init__(self) -> None:
         self.state = _CLOSED
@@ -146,26 +166,36 @@ class _Slot:
         self.registered = False
         self.events = 0
         self.gen = 0  # bumped at each open, so a late handshake result is recognised
+        self.tls = False
+        self.max_sent = _INF  # retire after this many messages (max_messages_per_connection)
+        self.retire_at = _INF  # ... or at this time (opened + max_connection_age)
 
 
-#: Messages ``send_many`` hands to the I/O thread at a time.
-_BATCH = 64
+#: Messages ``send_many`` hands to the I/O thread at a time (at most).
+_BATCH = 128
+#: A waiting ``send_many`` caller is woken when a quarter of its in-flight
+#: limit has finished, or when a result has waited this long (seconds):
+#: few thread switches under load, results still streamed when it is slow.
+_LINGER = 0.002
+#: ``stats`` keys: plain strings, whatever the status object.
+_STAT_KEY = {s: s.value for s in Status}
 
 
 class _Collector:
     """Where the I/O thread puts one ``send_many`` call's results (instead of a
-    Future per message); the caller is woken once per loop turn, not per result."""
+    Future per message).  The caller sleeps on ``event`` with ``waiting`` set
+    and is woken once ``wake_at`` results are in, or ``_LINGER`` after the
+    first (``SMTPPool._flush_notify``), not per result."""
 
-    __slots__ = ("results", "waiting", "event", "pool")
+    __slots__ = ("results", "waiting", "wake_at", "event", "since", "closed")
 
-    def __init__(self, pool: "SMTPPool") -> None:
+    def __init__(self) -> None:
         self.results: collections.deque = collections.deque()
+        self.closed = False  # the caller stopped: hand nothing more over, retry nothing
         self.waiting = False
+        self.wake_at = 1
         self.event = threading.Event()
-        self.pool = pool
-
-    def set_running_or_notify_cancel(self) -> bool:
-        return True
+        self.since = 0.0  # when the I/O thread first saw it waiting with results
 
     def cancel(self) -> bool:
         return False
@@ -173,24 +203,53 @@ class _Collector:
     def done(self) -> bool:
         return False
 
-    def set_result(self, result: SendResult) -> None:
-        self.results.append(result)
-        if self.waiting:
-            self.pool._notify.add(self)
-
     def set_exception(self, exc: BaseException) -> None:  # pragma: no cover - internal error
-        self.set_result(SendResult(None, status=NOT_ATTEMPTED, exception=exc))
+        self.results.append(SendResult(None, status=NOT_ATTEMPTED, exception=exc))
+        self.event.set()
 
 
-class _Recorder:
-    """Stands in for an engine so ``batch.submit_item`` can unpack an item (and
-    flatten an ``email`` Message) in the caller's thread, not the I/O thread."""
+class SendManyRun:
+    """What ``SMTPPool.send_many`` returns: an iterator of ``SendResult``.
 
-    __slots__ = ("args",)
+    Iterate it to the end, or stop early: ``close()`` (also run by ``break``
+    once the run is dropped, by leaving ``with pool.send_many(...) as run``,
+    and by garbage collection) cancels the messages not yet handed to a
+    connection, lets those handed over finish (no retries), waits for them,
+    and puts every result the caller has not taken into ``unreported``.
 
-    def submit(self, tag: Any, from_addr: str, to_addrs: Any, msg: Any, mail_options: Any,
-               rcpt_options: Any, *, result: SendResult) -> None:
-        self.args = (from_addr, to_addrs, msg, tuple(mail_options), tuple(rcpt_options))
+    Attributes:
+        unreported: the results not yielded before the run was closed, in
+            the order they completed (cancelled ones: ``not_attempted`` with
+            ``SendCancelled``).  Empty after a run iterated to its end.
+    """
+
+    def __init__(self, pool: "SMTPPool", messages: Iterable[Any], limit: int, mail_options: tuple,
+                 rcpt_options: tuple, retry: Optional[Retry]) -> None:
+        self.unreported: list[SendResult] = []
+        self._outstanding = 0  # pulled from the input, result not yet taken
+        self._gen = pool._send_many(self, messages, limit, mail_options, rcpt_options, retry)
+
+    def __iter__(self) -> "SendManyRun":
+        return self
+
+    def __next__(self) -> SendResult:
+        return next(self._gen)
+
+    def close(self) -> None:
+        """Stop: see the class docstring.  Returns once every message handed
+        to a connection has its outcome; idempotent."""
+        self._gen.close()
+
+    def __enter__(self) -> "SendManyRun":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        gen = getattr(self, "_gen", None)
+        if gen is not None:
+            gen.close()
 
 
 class SMTPPool:
@@ -292,6 +351,7 @@ class SMTPPool:
         self._lock = threading.Lock()  # submit vs close
         self._handshakes: collections.deque = collections.deque()  # (slot, gen, conn or exc)
         self._notify: set = set()  # collectors with results for a waiting caller
+        self._sweeps: collections.deque = collections.deque()  # collectors of stopped send_many runs
         self._rng = random.Random()
         # I/O thread state.
         self._sel = selectors.DefaultSelector()
@@ -303,6 +363,12 @@ class SMTPPool:
         self._tokens = self.burst
         self._token_time = _monotonic()
         self._connect_hold = 0.0  # no new connection before this time (after a failure)
+        self._scan_at = _INF  # when _scan_slots is next due
+        # A connection may take waiting messages that no read will hand it:
+        # new or retried messages, a new connection, a rate-limit or connect
+        # wait that ended.  Reads fill their own connection (_received).
+        self._dirty = True
+        self._fixed_timeout = timeout if timeout else None  # the reply timeout, when one for all
         self._buf = bytearray(_RECV_SIZE)
         self._view = memoryview(self._buf)
         self._thread = threading.Thread(target=self._run, name="fastsmtplib-pool", daemon=True)
@@ -351,22 +417,37 @@ class SMTPPool:
 
     def _make_job(self, item: Any, index: Any, retry: Optional[Retry], mail_options: Sequence[str],
                   rcpt_options: Sequence[str], fut: Any) -> Optional[_Job]:
-        """A job for ``item``, or None when the client refused it (``fut`` is then resolved)."""
+        """A job for ``item``, or None when the client refused it (``fut`` is
+        then resolved).  Runs in the caller's thread: a Message is flattened
+        here, not in the I/O thread."""
         result = SendResult(index)
-        if not (type(item) is tuple and len(item) == 3 and isinstance(item[2], (str, bytes))):
-            # A Message (or an odd item): unpack and flatten it here, in the caller's thread.
-            rec = _Recorder()
+        if (type(item) is tuple and len(item) == 3 and (type(item[2]) is bytes or type(item[2]) is str)
+                and (type(item[1]) is str or type(item[1]) is list or type(item[1]) is tuple) and item[1]):
+            from_addr, to_addrs, msg = item
+            to_list = [to_addrs] if type(to_addrs) is str else list(to_addrs)
+        else:
             try:
-                submit_item(rec, item, result, mail_options, rcpt_options)
-            except _CLIENT_ERRORS as exc:
+                from_addr, to_list, msg, mail_options = prepare_item(item, mail_options)
+            except CLIENT_ERRORS as exc:
                 exc.__traceback__ = None
                 result.status, result.exception = FAILED, exc
-                fut.set_running_or_notify_cancel()
-                fut.set_result(result)
+                if type(item) is tuple and len(item) == 3:
+                    result.from_addr = item[0]
+                self._refused(fut, result)
                 return None
-            from_addr, to_addrs, msg, mail_options, rcpt_options = rec.args
-            item = (from_addr, to_addrs, msg)
-        return _Job(item, result, fut, retry if retry is not None else self.retry, mail_options, rcpt_options)
+        result.from_addr = from_addr
+        result.to_addrs = to_list
+        return _Job((from_addr, to_list, msg), result, fut, retry if retry is not None else self.retry,
+                    mail_options, rcpt_options)
+
+    @staticmethod
+    def _refused(fut: Any, result: SendResult) -> None:
+        """A message the client refused before the I/O thread saw it."""
+        if type(fut) is _Collector:
+            fut.results.append(result)
+        else:
+            fut.set_running_or_notify_cancel()
+            fut.set_result(result)
 
     def _wake(self) -> None:
         try:
@@ -382,44 +463,96 @@ class SMTPPool:
         rcpt_options: Sequence[str] = (),
         retry: Optional[Retry] = None,
         max_in_flight: Optional[int] = None,
-    ) -> Iterator[SendResult]:
+    ) -> "SendManyRun":
         """Send every message; yield one ``SendResult`` each, as they complete.
 
         ``messages`` are as for ``SMTP.send_many`` and are pulled lazily: at
         most ``max_in_flight`` are unfinished at once, so a generator of a
         million messages keeps memory flat.  ``result.index`` is the
         message's position in ``messages``.  Safe to run from several
-        threads at once (each call its own iterator).  Stopping early leaves
-        the submitted messages to finish; their results are dropped.
+        threads at once (each call its own iterator).
+
+        Stopping early (``break``, ``close()``, leaving a ``with`` block on
+        the returned ``SendManyRun``): no more messages are pulled from
+        ``messages``; those pulled but not yet handed to a connection are
+        cancelled, never sent (``not_attempted``, ``SendCancelled``); those
+        already handed over finish their attempt, and are not retried; and
+        ``close()`` waits for them.  Every result the caller did not get is
+        then in ``run.unreported`` (and a summary is logged to
+        ``fastsmtplib.pool``): nothing is dropped silently.
         """
         limit = max_in_flight or self.max_in_flight
         if limit < 1:
             raise ValueError("max_in_flight must be at least 1")
         if self._closed:
             raise PoolClosed("the pool is closed")
-        return self._send_many(messages, limit, tuple(mail_options), tuple(rcpt_options), retry)
+        return SendManyRun(self, messages, limit, tuple(mail_options), tuple(rcpt_options), retry)
 
-    def _send_many(self, messages: Iterable[Any], limit: int, mail_options: tuple, rcpt_options: tuple,
-                   retry: Optional[Retry]) -> Iterator[SendResult]:
+    def _send_many(self, run: "SendManyRun", messages: Iterable[Any], limit: int, mail_options: tuple,
+                   rcpt_options: tuple, retry: Optional[Retry]) -> Iterator[SendResult]:
         # Messages go to the I/O thread in batches and results come back in
         # batches: one hand-off between the threads per batch, not per message.
-        col = _Collector(self)
+        col = _Collector()
+        results = col.results
+        try:
+            yield from self._send_many_loop(run, col, messages, limit, mail_options, rcpt_options, retry)
+        except GeneratorExit:
+            self._stop_run(run, col)
+            raise
+
+    def _stop_run(self, run: "SendManyRun", col: _Collector) -> None:
+        """The caller stopped a ``send_many``: cancel what was not handed
+        over, wait for the rest, keep every result it did not get."""
+        col.closed = True
+        outstanding = run._outstanding
+        with self._lock:
+            alive = self._thread.is_alive()
+            if alive:
+                self._sweeps.append(col)
+        if alive:
+            self._wake()
+        results = col.results
+        unreported = run.unreported
+        in_io_thread = threading.current_thread() is self._thread
+        while outstanding > 0:
+            while results:
+                unreported.append(results.popleft())
+                outstanding -= 1
+            if outstanding <= 0 or in_io_thread:
+                break
+            if not self._thread.is_alive():  # pragma: no cover - the loop ended on an internal error
+                break
+            col.wake_at = outstanding
+            col.waiting = True
+            if len(results) < outstanding:
+                col.event.wait(0.05)
+            col.event.clear()
+            col.waiting = False
+        run._outstanding = outstanding
+        if unreported:
+            counts = collections.Counter(_STAT_KEY.get(r.status, r.status) for r in unreported)
+            level = logging.INFO if set(counts) <= {"delivered", "partial"} else logging.WARNING
+            log.log(level, "send_many stopped early: %d results not taken by the caller (%s); see SendManyRun.unreported",
+                    len(unreported), ", ".join("%s %d" % kv for kv in sorted(counts.items())))
+
+    def _send_many_loop(self, run: "SendManyRun", col: _Collector, messages: Iterable[Any], limit: int,
+                        mail_options: tuple, rcpt_options: tuple, retry: Optional[Retry]) -> Iterator[SendResult]:
         results = col.results
         source = enumerate(messages)
-        outstanding = 0
         exhausted = False
+        make_job = self._make_job
+        wake_at = max(1, limit // 4)
         while True:
-            if not exhausted and outstanding < limit:
+            if not exhausted and run._outstanding < limit:
                 batch: list = []
-                room = min(limit - outstanding, _BATCH)
+                room = min(limit - run._outstanding, _BATCH)
                 for index, item in source:
+                    run._outstanding += 1
                     if self._closed:
                         results.append(SendResult(index, status=NOT_ATTEMPTED,
                                                   exception=PoolClosed("the pool is closed")))
-                        outstanding += 1
                         continue
-                    job = self._make_job(item, index, retry, mail_options, rcpt_options, col)
-                    outstanding += 1
+                    job = make_job(item, index, retry, mail_options, rcpt_options, col)
                     if job is not None:
                         batch.append(job)
                         if len(batch) >= room:
@@ -429,16 +562,20 @@ class SMTPPool:
                 if batch:
                     self._put(batch)
             while results:
-                outstanding -= 1
+                run._outstanding -= 1
                 yield results.popleft()
-            if not outstanding:
+            if not run._outstanding:
                 if exhausted:
                     return
                 continue
-            if exhausted or outstanding >= limit:
+            if exhausted or run._outstanding >= limit:
+                col.wake_at = min(run._outstanding, wake_at)
                 col.waiting = True
-                if not results:
-                    col.event.wait(1.0)
+                n = len(results)
+                if n < col.wake_at:
+                    # Results that came just before ``waiting`` was set did not
+                    # ask for a wake-up: do not sleep long on them.
+                    col.event.wait(_LINGER if n else 1.0)
                 col.event.clear()
                 col.waiting = False
 
@@ -520,10 +657,13 @@ class SMTPPool:
         sel.register(self._rsock, selectors.EVENT_READ, None)
         try:
             while True:
-                if self._notify:
-                    self._flush_notify()
                 now = _monotonic()
-                events = sel.select(self._select_timeout(now))
+                timeout = self._select_timeout(now)
+                if self._notify:
+                    due = self._flush_notify(now)
+                    if due is not None and (timeout is None or due - now < timeout):
+                        timeout = max(0.0, due - now)
+                events = sel.select(timeout)
                 for key, mask in events:
                     slot = key.data
                     if slot is None:
@@ -534,10 +674,19 @@ class SMTPPool:
                     if mask & selectors.EVENT_READ and slot.sock is not None:
                         self._on_read(slot)
                 now = _monotonic()
-                self._take_handshakes(now)
-                self._take_new()
-                self._check_timers(now)
-                self._dispatch(now)
+                if self._handshakes:
+                    self._take_handshakes(now)
+                if self._sweeps:
+                    self._sweep()
+                if self._queue.queue:  # a peek; the Queue's lock is taken only when there is work
+                    self._take_new()
+                timers = self._timers
+                if timers and timers[0][0] <= now:
+                    self._check_timers(now)
+                if now >= self._scan_at:
+                    self._scan_slots(now)
+                if self._dirty and self._pending:
+                    self._dispatch(now)
                 if self._closed and self._finished():
                     break
         except BaseException as exc:  # pragma: no cover - a bug: fail every waiter
@@ -552,10 +701,21 @@ class SMTPPool:
             self._rsock.close()
             self._wsock.close()
 
-    def _flush_notify(self) -> None:
+    def _flush_notify(self, now: Optional[float] = None) -> Optional[float]:
+        """Wake the callers whose results are due: ``wake_at`` of them in, or
+        the first waited ``_LINGER`` (every one when ``now`` is None).
+        Returns when the next lingering one is due, or None."""
         notify = self._notify
-        while notify:
-            notify.pop().event.set()
+        due = None
+        for col in list(notify):
+            if now is None or len(col.results) >= col.wake_at or now - col.since >= _LINGER:
+                notify.discard(col)
+                col.event.set()
+            else:
+                t = col.since + _LINGER
+                if due is None or t < due:
+                    due = t
+        return due
 
     def _finished(self) -> bool:
         if self._cancel:
@@ -582,10 +742,12 @@ class SMTPPool:
     def _drop(self, job: _Job, exc: BaseException) -> None:
         """Close(wait=False): cancel a message not handed over, or report its last outcome."""
         self._unfinished -= 1
-        if not _cancel(job.future):  # a retry, or a send_many message
+        fut = job.future
+        if type(fut) is _Collector or not _cancel(fut):  # a retry, or a send_many message
             if not job.result.status:
                 job.result.status, job.result.exception = NOT_ATTEMPTED, exc
-            job.future.set_result(job.result)
+            self._unfinished += 1  # _resolve counts it again
+            self._resolve(job)
 
     def _abort(self, exc: BaseException) -> None:  # pragma: no cover
         for slot in self._slots:
@@ -609,20 +771,13 @@ class SMTPPool:
         self._woken = False
 
     def _select_timeout(self, now: float) -> Optional[float]:
-        when = None
+        # The connections' own times (reply deadlines, idle timeouts) are
+        # looked at by _scan_slots at most every _SCAN seconds, not at every
+        # turn of a busy loop: _slot_wake is when the next scan is due.
+        when = self._scan_at if self._scan_at is not _INF else None
         if self._timers:
-            when = self._timers[0][0]
-        for slot in self._slots:
-            st = slot.state
-            if st == _CLOSED or st == _CONNECTING:
-                continue
-            t = None
-            if slot.deadline:
-                t = slot.deadline
-            elif slot.eng is not None and slot.eng.idle:
-                if self.idle_timeout is not None:
-                    t = slot.idle_since + self.idle_timeout
-            if t is not None and (when is None or t < when):
+            t = self._timers[0][0]
+            if when is None or t < when:
                 when = t
         if self._pending:
             if self.rate is not None and self._tokens < 1 and self._any_room():
@@ -649,8 +804,9 @@ class SMTPPool:
         as the connections could take soon (the queue stays the bound)."""
         want = self.size * self.window * 2 - len(self._pending)
         get = self._queue.get_nowait
+        waiting = self._queue.queue  # peeked without the lock; get_nowait takes it
         pending = self._pending
-        while want > 0:
+        while want > 0 and waiting:
             try:
                 batch = get()
             except queue.Empty:
@@ -662,27 +818,86 @@ class SMTPPool:
                     self._drop(job, exc)
                 continue
             pending.extend(batch)
+            self._dirty = True
             want -= len(batch)
+
+    def _sweep(self) -> None:
+        """Stopped ``send_many`` runs: their messages waiting here (new, or
+        for a retry) end now; those on a connection finish there."""
+        cols = set()
+        while self._sweeps:
+            cols.add(self._sweeps.popleft())
+        pending = self._pending
+        keep = [job for job in pending if job.future not in cols]
+        ended = [job for job in pending if job.future in cols]
+        if ended:
+            pending.clear()
+            pending.extend(keep)
+        if self._timers:
+            timers = [t for t in self._timers if t[2].future not in cols]
+            if len(timers) != len(self._timers):
+                ended += [t[2] for t in self._timers if t[2].future in cols]
+                heapq.heapify(timers)
+                self._timers = timers
+        for job in ended:
+            self._end_cancelled(job)
+
+    def _end_cancelled(self, job: _Job) -> None:
+        """A job of a stopped run that will not be handed over (again)."""
+        result = job.result
+        if not job.started or not result.status:  # never sent: cancelled
+            result.status = NOT_ATTEMPTED
+            result.exception = SendCancelled("send_many was stopped before this message was handed to a connection")
+        self._resolve(job)  # else: the outcome of its last attempt stands
 
     def _check_timers(self, now: float) -> None:
         timers = self._timers
         while timers and timers[0][0] <= now:
             _, _, job = heapq.heappop(timers)
             self._pending.appendleft(job)  # retries go first
+            self._dirty = True
+
+    def _scan_slots(self, now: float) -> None:
+        """Reply deadlines and idle connections; sets when the next scan is due.
+
+        Not run at every turn of a busy loop, only when something may be due
+        (``_scan_at``): the earliest reply deadline or idle timeout seen at
+        the last scan, or a deadline set since (``_deadline_set``).  A
+        deadline refreshed by a reply only moves later, so a scan that finds
+        it not yet passed just schedules the next one.
+        """
+        wake = _INF
+        idle_timeout = self.idle_timeout
         for slot in self._slots:
             st = slot.state
             if st == _CLOSED or st == _CONNECTING:
                 continue
-            if slot.deadline and slot.deadline <= now:
-                self.stats["reply_timeouts"] += 1
-                self._lost(slot, SMTPReplyTimeout("Connection unexpectedly closed: no reply within the timeout"))
+            if slot.deadline:
+                if slot.deadline <= now:
+                    self.stats["reply_timeouts"] += 1
+                    self._lost(slot, SMTPReplyTimeout("Connection unexpectedly closed: no reply within the timeout"))
+                    continue
+                t = slot.deadline
             elif st == _READY and slot.eng.idle:
                 if (slot.retiring
-                        or (self.idle_timeout is not None and now - slot.idle_since >= self.idle_timeout)
-                        or (self.max_connection_age is not None and now - slot.opened >= self.max_connection_age)):
+                        or (idle_timeout is not None and now - slot.idle_since >= idle_timeout)
+                        or (self.max_connection_age is not None and now - slot.opened >= self.max_connection_age)
+                        or (self._closed and not self._pending and self._queue.empty())):
                     self._close_slot(slot, polite=True)
-                elif self._closed and not self._pending and self._queue.empty():
-                    self._close_slot(slot, polite=True)
+                    continue
+                if idle_timeout is None:
+                    continue
+                t = slot.idle_since + idle_timeout
+            else:
+                continue
+            if t < wake:
+                wake = t
+        self._scan_at = wake
+
+    def _due(self, deadline: float) -> None:
+        """A connection owes replies again: a scan must come by its deadline."""
+        if deadline < self._scan_at:
+            self._scan_at = deadline
 
     def _take_tokens(self, now: float) -> bool:
         """Rate limit: take one token if there is one."""
@@ -699,65 +914,81 @@ class SMTPPool:
         return True
 
     def _dispatch(self, now: float) -> None:
+        """Hand waiting messages to every connection with room; open more if needed."""
+        self._dirty = False
         pending = self._pending
-        if not pending:
-            return
-        rate_limited = False
         for slot in self._slots:
             if not pending:
-                break
-            if slot.state != _READY or slot.retiring:
-                continue
-            eng = slot.eng
-            if eng.idle:
-                if self.noop_after is not None and now - slot.idle_since >= self.noop_after:
-                    self._probe(slot, now)
-                    continue
-            wrote = False
-            while pending and eng.room() > 0 and not slot.retiring:
-                if not self._take_tokens(now):
-                    rate_limited = True
-                    break
-                job = pending.popleft()
-                if not self._give(slot, job, now):
-                    if self.rate is not None:
-                        self._tokens += 1  # nothing was handed over
-                    continue
-                wrote = True
-            if wrote:
-                self._flush(slot, now)
-            if rate_limited:
                 return
-        if pending and not rate_limited:
+            if slot.state == _READY and not slot.retiring:
+                room = slot.eng.room()
+                if room <= 0:
+                    continue
+                given = self._fill(slot, now, room)
+                if given < 0:
+                    self._dirty = True  # rate limited: again once a token is due
+                    return
+                if given and slot.sock is not None:
+                    self._flush(slot, now)
+        if pending:
+            if now < self._connect_hold:
+                self._dirty = True  # again once the hold ends (the select timeout)
             self._open_more(now)
+
+    def _fill(self, slot: _Slot, now: float, room: int) -> int:
+        """Give one ready connection up to ``room`` messages (its engine's
+        ``room()``: each message taken uses one); the caller flushes.  How
+        many it took, or -1 if the rate limit stopped it."""
+        eng = slot.eng
+        noop_after = self.noop_after
+        if noop_after is not None and now - slot.idle_since >= noop_after and eng.idle:
+            self._probe(slot, now)
+            return 0
+        pending = self._pending
+        give = self._give
+        limited = self.rate is not None
+        given = 0
+        while room > 0 and pending and not slot.retiring:
+            if limited and not self._take_tokens(now):
+                return -1
+            if give(slot, pending.popleft(), now):
+                given += 1
+                room -= 1
+            elif limited:
+                self._tokens += 1  # nothing was handed over
+        if given:
+            self.stats["handed"] += given
+        return given
 
     def _give(self, slot: _Slot, job: _Job, now: float) -> bool:
         """Hand one message to a connection's engine; False if it was not taken."""
+        result = job.result
         fut = job.future
+        if type(fut) is _Collector and fut.closed:
+            self._end_cancelled(job)
+            return False
         if not job.started:
-            if not fut.set_running_or_notify_cancel():
+            if type(fut) is not _Collector and not fut.set_running_or_notify_cancel():
                 self._unfinished -= 1  # cancelled by the caller
                 return False
             job.started = now
-        result = job.result
-        result.status = ""
-        result.data_replies = []
+        else:  # a retry: the result starts again
+            result.status = ""
+            result.data_replies = []
+        from_addr, to_list, msg = job.item
         try:
-            submit_item(slot.eng, job.item, result, job.mail_options, job.rcpt_options)
-        except _CLIENT_ERRORS as exc:
+            slot.eng.submit(result.index, from_addr, to_list, msg, job.mail_options, job.rcpt_options,
+                            result=result)
+        except CLIENT_ERRORS as exc:
             exc.__traceback__ = None
             result.status, result.exception = FAILED, exc
-            self._resolve(job)
+            self._resolve(job, now)
             return False
         slot.jobs[id(result)] = job
         job.written = result.attempts  # the engine counts an attempt as it writes the MAIL
         slot.unwritten.append(job)
-        slot.sent += 1
-        self.stats["handed"] += 1
-        limit = self.max_messages_per_connection
-        if limit is not None and slot.sent >= limit:
-            slot.retiring = True
-        elif self.max_connection_age is not None and now - slot.opened >= self.max_connection_age:
+        slot.sent += 1  # ("handed" is counted by _fill, once per fill)
+        if slot.sent >= slot.max_sent or now >= slot.retire_at:
             slot.retiring = True
         return True
 
@@ -819,7 +1050,7 @@ class SMTPPool:
                 conn.ehlo()
             if self.login is not None:
                 conn.login(*self.login)
-            conn._check_in_step()  # a reply nobody asked for: do not use it
+            conn.check_in_step()  # a reply nobody asked for: do not use it
         except BaseException:
             conn.close()
             raise
@@ -827,6 +1058,7 @@ class SMTPPool:
 
     def _take_handshakes(self, now: float) -> None:
         hs = self._handshakes
+        self._dirty = True
         while hs:
             slot, gen, outcome = hs.popleft()
             if gen != slot.gen or slot.state != _CONNECTING:  # pragma: no cover - defensive
@@ -841,16 +1073,21 @@ class SMTPPool:
             sock.setblocking(False)
             slot.conn = conn
             slot.sock = sock
-            slot.eng = conn._engine(self.window)
+            slot.eng = conn.engine(self.window)
             slot.out = None
             slot.deadline = 0.0
             slot.opened = slot.idle_since = now
             slot.sent = 0
+            slot.max_sent = self.max_messages_per_connection or _INF
+            slot.retire_at = now + self.max_connection_age if self.max_connection_age is not None else _INF
             slot.retiring = False
             slot.state = _READY
             slot.events = selectors.EVENT_READ
+            slot.tls = hasattr(sock, "pending")  # decrypted bytes may wait with the fd quiet
             self._sel.register(sock, selectors.EVENT_READ, slot)
             slot.registered = True
+            if self.idle_timeout is not None:
+                self._due(now + self.idle_timeout)
 
     def _connect_failed(self, slot: _Slot, exc: BaseException, now: float) -> None:
         slot.state = _CLOSED
@@ -864,7 +1101,8 @@ class SMTPPool:
         self._pending.clear()
         for job in jobs:
             if not job.started:
-                if not job.future.set_running_or_notify_cancel():
+                fut = job.future
+                if type(fut) is not _Collector and not fut.set_running_or_notify_cancel():
                     self._unfinished -= 1
                     continue
                 job.started = now
@@ -876,6 +1114,7 @@ class SMTPPool:
         slot.state = _PROBING
         self.stats["noops"] += 1
         slot.deadline = now + self._reply_timeout("rset")
+        self._due(slot.deadline)
         self._write(slot, b"noop\r\n", now)
 
     def _reply_timeout(self, kind: Optional[str]) -> float:
@@ -884,6 +1123,7 @@ class SMTPPool:
         return RFC5321_TIMEOUTS.get(kind or "mail", 300.0)
 
     def _close_slot(self, slot: _Slot, polite: bool = False) -> None:
+        self._dirty = True  # a connection may be opened in its place
         sock = slot.sock
         if sock is not None:
             if slot.registered:
@@ -924,17 +1164,20 @@ class SMTPPool:
     # -- bytes -------------------------------------------------------------------------------
 
     def _flush(self, slot: _Slot, now: float) -> None:
-        data = slot.eng.bytes_to_send()
+        eng = slot.eng
+        data = eng.bytes_to_send()
         if data:
             unwritten = slot.unwritten
             if unwritten:
                 self._stamp_sent(unwritten)
             self._write(slot, data, now)
-        if slot.sock is not None and slot.state == _READY:
-            eng = slot.eng
+            if slot.sock is None:
+                return
+        if slot.state == _READY:
             if eng.owed:
                 if not slot.deadline:
-                    slot.deadline = now + self._reply_timeout(eng.deadline_kind)
+                    slot.deadline = now + (self._fixed_timeout or self._reply_timeout(eng.deadline_kind))
+                    self._due(slot.deadline)
             else:
                 slot.deadline = 0.0
                 if eng.broken is not None:
@@ -999,6 +1242,7 @@ class SMTPPool:
     def _on_read(self, slot: _Slot) -> None:
         sock = slot.sock
         view = self._view
+        received = self._received
         while True:
             try:
                 n = sock.recv_into(view)
@@ -1007,20 +1251,21 @@ class SMTPPool:
             except OSError as exc:
                 self._lost(slot, SMTPServerDisconnected("Connection unexpectedly closed: %s" % exc))
                 return
-            if not self._received(slot, n):
+            if not received(slot, n):
                 return
-            # TLS: decrypted bytes may wait in the SSL object with the fd quiet.
-            pending = getattr(sock, "pending", None)
-            if pending is None or not pending():
-                if n < len(view):
-                    return
+            if n < _RECV_SIZE and not (slot.tls and sock.pending()):
+                return  # TLS: decrypted bytes may wait in the SSL object with the fd quiet
 
     def _received(self, slot: _Slot, n: int) -> bool:
-        """Handle ``n`` bytes in the buffer; False once the connection is gone."""
-        now = _monotonic()
+        """Handle ``n`` bytes in the buffer; False once the connection is gone.
+
+        The hot path (a read per round trip per connection): one clock read,
+        results resolved in place, the next message given and the write
+        (body + next envelope) issued here.
+        """
         eng = slot.eng
         if slot.state == _PROBING:
-            return self._probe_reply(slot, n, now)
+            return self._probe_reply(slot, n, _monotonic())
         if not eng.owed and eng.idle:
             # Nobody asked: the server spoke on its own (a 421 before its idle
             # timeout) or hung up.  Either way the connection is not reused.
@@ -1031,38 +1276,87 @@ class SMTPPool:
             self._lost(slot, SMTPServerDisconnected("Connection unexpectedly closed"))
             return False
         results = eng.receive(self._view[:n])
-        if eng.owed:
-            slot.deadline = now + self._reply_timeout(eng.deadline_kind)
-        else:
-            slot.deadline = 0.0
+        now = _monotonic()
         if results:
-            self._results(slot, results)
+            jobs = slot.jobs
+            delivered = 0
+            for result in results:
+                job = jobs.pop(id(result), None)
+                if job is None:  # pragma: no cover - defensive
+                    continue
+                col = job.future
+                if result.status is DELIVERED and type(col) is _Collector:
+                    # The common case, as _finished_attempt + _resolve would do it.
+                    delivered += 1
+                    result.done_at = now
+                    job.item = None
+                    col.results.append(result)
+                    if col.waiting and col not in self._notify:
+                        col.since = now
+                        self._notify.add(col)
+                else:
+                    self._finished_attempt(job, now)
+            if delivered:
+                self._unfinished -= delivered
+                self.stats["delivered"] += delivered
         if eng.broken is not None:
             self._lost(slot, eng.broken)
             return False
+        # Give, write, and give again: with DATA the next envelope waits for
+        # its 354, so the message after it is handed over now, ready for the
+        # next round trip; with BDAT the window's room goes in this write.
+        if self._pending and not slot.retiring:
+            room = eng.room()
+            if room > 0 and self._fill(slot, now, room) < 0:
+                self._dirty = True
+            if slot.sock is None or slot.state != _READY:
+                return slot.sock is not None
+        data = eng.bytes_to_send()
+        if data:
+            if slot.unwritten:
+                self._stamp_sent(slot.unwritten)
+            self._write(slot, data, now)
+            if slot.sock is None:
+                return False
+        room = eng.room() if self._pending and not slot.retiring else 0
+        if room > 0:
+            given = self._fill(slot, now, room)
+            if slot.sock is None or slot.state != _READY:
+                return slot.sock is not None
+            if given < 0:
+                self._dirty = True
+            elif given:
+                data = eng.bytes_to_send()
+                if data:
+                    self._stamp_sent(slot.unwritten)
+                    self._write(slot, data, now)
+                    if slot.sock is None:
+                        return False
+        slot.idle_since = now  # the last activity: a connection left idle has been so since
+        if eng.owed:
+            had = slot.deadline
+            slot.deadline = now + (self._fixed_timeout or self._reply_timeout(eng.deadline_kind))
+            if not had:
+                self._due(slot.deadline)
+            return True
+        slot.deadline = 0.0
         if slot.retiring and eng.idle:
             self._close_slot(slot, polite=True)
             return False
-        if eng.room() > 0 and self._pending:
-            self._dispatch(now)
-        if slot.sock is not None:
-            self._flush(slot, now)
-        if slot.sock is not None and eng.idle:
-            slot.idle_since = now
-        return slot.sock is not None
+        return True
 
     def _probe_reply(self, slot: _Slot, n: int, now: float) -> bool:
         if not n:
             self._close_slot(slot)
             return False
         try:
-            replies = slot.conn._parser.feed(self._view[:n])
+            replies = slot.eng.parser.feed(self._view[:n])
         except Exception:
             self._close_slot(slot)
             return False
         if not replies:
             return True
-        if len(replies) == 1 and replies[0][0] == 250 and not slot.conn._parser.in_reply:
+        if len(replies) == 1 and replies[0][0] == 250 and not slot.eng.parser.in_reply:
             slot.state = _READY
             slot.deadline = 0.0
             slot.idle_since = now
@@ -1091,7 +1385,7 @@ class SMTPPool:
             return
         if status is DEFERRED or status is NOT_ATTEMPTED or status is UNCERTAIN or status in (
                 "deferred", "not_attempted", "uncertain"):
-            if self._cancel:
+            if self._cancel or (type(job.future) is _Collector and job.future.closed):
                 self._resolve(job, now)
                 return
             retry = job.retry.increment(status, result.reply, elapsed=now - job.started)
@@ -1106,10 +1400,20 @@ class SMTPPool:
     def _resolve(self, job: _Job, now: Optional[float] = None) -> None:
         self._unfinished -= 1
         result = job.result
-        self.stats[str(result.status)] += 1
-        result.done_at = now if now is not None else _monotonic()
+        st = result.status
+        self.stats[_STAT_KEY.get(st, st)] += 1
+        if now is None:
+            now = _monotonic()
+        result.done_at = now
         job.item = None  # the payload is not kept by a finished message
-        job.future.set_result(result)
+        fut = job.future
+        if type(fut) is _Collector:
+            fut.results.append(result)
+            if fut.waiting and fut not in self._notify:
+                fut.since = now
+                self._notify.add(fut)
+        else:
+            fut.set_result(result)
 
 
 def _cancel(fut: Future) -> bool:

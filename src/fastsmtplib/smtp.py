@@ -868,6 +868,31 @@ class SMTP:
             self._eng_key = (window, bool(self.pipelining), bool(self.chunking))
         return eng
 
+    # The package's driver interface: ``batch.send_many`` and ``SMTPPool``
+    # move an engine's bytes themselves, and use these two methods (stable
+    # names, not part of smtplib's API) rather than the private ones.
+
+    def engine(self, window: int = 32) -> Engine:
+        """The ``Engine`` for this connection (package interface, for drivers).
+
+        Built from the capabilities of the last EHLO/LHLO, this connection's
+        ``pipelining``/``chunking`` switches, LMTP rules for ``LMTP``, and
+        sharing this connection's reply parser (``Engine.parser``).  The same
+        engine is returned while it is idle and nothing changed.  A driver
+        that takes the socket over writes ``bytes_to_send()`` and feeds what
+        it reads to ``receive``; it must not use ``sendmail`` meanwhile.
+        """
+        return self._engine(window)
+
+    def check_in_step(self) -> None:
+        """Before a driver starts transactions: raise if a reply nobody asked
+        for is waiting, already parsed or on the socket (package interface).
+
+        Closes the connection and raises ``SMTPServerDisconnected`` for an
+        unasked 421, ``SMTPPipelineError`` for any other reply.
+        """
+        self._check_in_step(peek=True)
+
     def _io_step(self, eng: Engine, bulk: bool = False) -> bool:
         """Write what the engine has, then read once if it is owed replies.
 
