@@ -31,7 +31,8 @@ from .errors import (
 from .smtp import _MAXCHALLENGE, SMTP, SMTP_PORT, SMTP_SSL, SMTP_SSL_PORT
 from .lmtp import LMTP, LMTP_PORT
 from .retry import Retry
-from .pool import SMTPPool
+from .pool import PoolClosed, SendCancelled, SendManyRun, SMTPPool
+from ._engine import SendResult, Status
 
 try:
     import ssl as _ssl  # noqa: F401
@@ -57,5 +58,10 @@ __all__ = [
     "bCRLF",
     "HAS_EXTENSIONS",
     "SMTPPool",
+    "SendManyRun",
+    "SendCancelled",
+    "PoolClosed",
+    "SendResult",
+    "Status",
     "Retry",
 ]
