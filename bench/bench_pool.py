@@ -17,6 +17,7 @@ accepted.  Nothing asserts a timing.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import resource
 import shutil
@@ -25,13 +26,17 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bdat_sink import PinnedBdatSink  # noqa: E402
 from sink import PinnedSink, sink_available  # noqa: E402
+from variants import pure_fastsmtplib  # noqa: E402
 
 import fastsmtplib  # noqa: E402
+
+# fastsmtplib again on its pure-Python twins, for rows beside the compiled ones.
+PURE = pure_fastsmtplib()
 
 FROM = "news@example.com"
 TO = ["reader@example.org"]
@@ -86,16 +91,16 @@ def stdlib_threads(host: str, port: int, n: int) -> Callable[[], None]:
     return _in_threads(n, lambda: smtplib.SMTP(host, port, "client.example", timeout=30), send)
 
 
-def send_many_threads(host: str, port: int, n: int) -> Callable[[], None]:
+def send_many_threads(host: str, port: int, n: int, mod: Any = fastsmtplib) -> Callable[[], None]:
     def send(c, k):
         ok = sum(1 for r in c.send_many((FROM, TO, MSG) for _ in range(k)) if r.status == "delivered")
         assert ok == k, (ok, k)
 
-    return _in_threads(n, lambda: fastsmtplib.SMTP(host, port, "client.example", timeout=30), send)
+    return _in_threads(n, lambda: mod.SMTP(host, port, "client.example", timeout=30), send)
 
 
-def pool_send_many(host: str, port: int, n: int) -> Callable[[], None]:
-    pool = fastsmtplib.SMTPPool(host, port, size=THREADS, local_hostname="client.example", timeout=30,
+def pool_send_many(host: str, port: int, n: int, mod: Any = fastsmtplib) -> Callable[[], None]:
+    pool = mod.SMTPPool(host, port, size=THREADS, local_hostname="client.example", timeout=30,
                                 max_messages_per_connection=None)
     # Open every connection before the clock starts, as the threaded rows do.
     list(pool.send_many((FROM, TO, MSG) for _ in range(THREADS * 4)))
@@ -121,7 +126,9 @@ def smtp_source(host: str, port: int, n: int) -> Optional[float]:
 
 ROWS = {
     "stdlib smtplib, 8 threads": stdlib_threads,
+    "pure fastsmtplib send_many, 8 threads": functools.partial(send_many_threads, mod=PURE),
     "fastsmtplib send_many, 8 threads": send_many_threads,
+    "pure fastsmtplib SMTPPool(size=8).send_many": functools.partial(pool_send_many, mod=PURE),
     "fastsmtplib SMTPPool(size=8).send_many": pool_send_many,
 }
 
@@ -212,6 +219,7 @@ if pytest is not None and "pytest" in sys.modules and __name__ != "__main__":
             run()
             cpu.append(_cpu() - c0)
 
+        benchmark.group = "pool: 8 connections, 1 KB, smtp-sink (stdlib / pure / compiled)"
         benchmark.pedantic(target, setup=setup, rounds=3, iterations=1)
         if benchmark.stats is not None:  # None with --benchmark-disable
             benchmark.extra_info["msgs_per_s"] = _N / benchmark.stats.stats.median
