@@ -23,7 +23,8 @@ EXIT_CODES = """\
 exit codes:
   0  success
   1  the command failed (demo: aiosmtpd is not installed, or a message was
-     not delivered; sink: the address could not be bound)
+     not delivered; sink: the address could not be bound, or TLS could
+     not be set up)
   2  usage error: no command, an unknown command, or a bad option or argument
 """
 
@@ -96,9 +97,13 @@ SINK_DESCRIPTION = """\
 Accept mail and discard it (or keep each message as a file with --store), on
 TCP (--host/--port) or a Unix socket (--unix), speaking SMTP or LMTP (--lmtp).
 Advertises PIPELINING, CHUNKING, BINARYMIME, 8BITMIME, SMTPUTF8,
-ENHANCEDSTATUSCODES and SIZE.  Prints where it listens, runs until Ctrl-C or
-SIGTERM, then prints its counters (connections, messages, recipients, bytes,
-replies per code) and exits 0.  Limits: see `pydoc fastsmtplib.sink`."""
+ENHANCEDSTATUSCODES and SIZE; optionally STARTTLS or implicit TLS, AUTH PLAIN
+and LOGIN, and injected faults (refused/deferred recipients, rejected
+messages, slow replies, hang-ups, 421).  Prints where it listens (and, with a
+generated certificate, the CA file to trust), runs until Ctrl-C or SIGTERM,
+then prints its counters (connections, messages, recipients, bytes, TLS, AUTH,
+each fault, replies per code) and exits 0.  Limits and every option in
+detail: `pydoc fastsmtplib.sink`."""
 
 
 def _positive_int(text: str) -> int:
@@ -125,16 +130,28 @@ def cmd_sink(args: argparse.Namespace) -> int:
     import signal
 
     from .sink import Sink
+    from .sink_cli import sink_kwargs
+    from .sink_tls import TLSSetupError
 
-    sink = Sink(
-        args.host,
-        args.port,
-        path=args.unix,
-        lmtp=args.lmtp,
-        size=args.size,
-        store=args.store,
-        max_connections=args.max_connections,
-    )
+    parser = args.command_parser
+    try:
+        sink = Sink(
+            args.host,
+            args.port,
+            path=args.unix,
+            lmtp=args.lmtp,
+            size=args.size,
+            store=args.store,
+            max_connections=args.max_connections,
+            **sink_kwargs(args, parser),
+        )
+    except TLSSetupError as exc:
+        if args.tls_cert:
+            parser.error(str(exc))
+        print("%s sink: %s" % (PROG, exc), file=sys.stderr)
+        return EXIT_FAILURE
+    except ValueError as exc:
+        parser.error(str(exc))
     try:
         sink.bind()
     except OSError as exc:
@@ -148,7 +165,10 @@ def cmd_sink(args: argparse.Namespace) -> int:
     old = signal.signal(signal.SIGTERM, stop)
     proto = "LMTP" if args.lmtp else "SMTP"
     where = "unix:%s" % sink.path if sink.path else "%s:%d" % (sink.host, sink.port)
-    print("%s sink: %s on %s" % (PROG, proto, where), flush=True)
+    tls = " (implicit TLS)" if args.tls else " (STARTTLS)" if args.starttls else ""
+    print("%s sink: %s on %s%s" % (PROG, proto, where, tls), flush=True)
+    if sink.tls_ca_file and not args.tls_cert:
+        print("%s sink: TLS CA certificate to trust: %s" % (PROG, sink.tls_ca_file), flush=True)
     try:
         sink.serve_forever()
     except KeyboardInterrupt:
@@ -201,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     sink.add_argument("--store", metavar="DIR", help="write each accepted message (envelope + content) to DIR")
     sink.add_argument("--max-connections", metavar="N", type=_positive_int, default=MAX_CONNECTIONS,
                       help="refuse connections past N with 421 (default %(default)s)")
+    from .sink_cli import add_arguments as add_sink_arguments
+
+    add_sink_arguments(sink)
     return parser
 
 
