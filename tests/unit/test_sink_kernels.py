@@ -12,6 +12,7 @@ random bytes and random session states, and checked on hand-made examples.
 
 from __future__ import annotations
 
+import base64
 import socket
 
 import pytest
@@ -297,3 +298,60 @@ def test_blind_pipelined_load_over_socket():
     assert counts["bytes"] == 2 * n * len(body)  # the stuffed dot not counted
     assert counts["replies"][250] == 6 * n + 1 and counts["replies"][354] == n
     assert _wire.sink_scan is sink._kernel
+
+
+# ---------------------------------------------------------------------------
+# The kernel steps aside for the sink's other features.
+
+
+def test_kernel_off_for_faults_and_required_auth():
+    assert Sink(port=0, rcpt_refuse=0.5)._fast is False
+    assert Sink(port=0, delay=0.01)._fast is False
+    assert Sink(port=0, reply_421_at=3)._fast is False
+    assert Sink(port=0, auth={"u": "p"}, auth_plaintext=True, auth_required=True)._fast is False
+    assert Sink(port=0, auth={"u": "p"}, auth_plaintext=True)._fast is True
+
+
+def counting(kernel, calls):
+    def scan(*args):
+        calls.append(1)
+        return kernel(*args)
+    return scan
+
+
+def test_auth_answer_that_looks_like_a_command_is_not_served_by_the_kernel():
+    # "RSET" and "NOOP" are valid base64: inside AUTH LOGIN they are the user
+    # name and the password (RFC 4954 §4), never commands, even pipelined
+    # behind commands the kernel serves.
+    # The user name must be the one whose base64 is "RSET"; the password
+    # sent ("NOOP" decoded) is not the right one, so the answer is 535.
+    creds = {base64.b64decode(b"RSET").decode("ascii"): "secret"}
+    with Sink(port=0, auth=creds, auth_plaintext=True) as sink:
+        calls: list = []
+        sink._kernel = counting(sink._kernel, calls)
+        with socket.create_connection((sink.host, sink.port), timeout=10) as c:
+            f = c.makefile("rb")
+            f.readline()
+            c.sendall(b"EHLO x\r\nNOOP\r\nAUTH LOGIN\r\nRSET\r\nNOOP\r\nNOOP\r\nQUIT\r\n")
+            lines = [line.rstrip(b"\r\n") for line in f]
+        counts = sink.counts
+    codes = [line[:3] for line in lines if line[3:4] == b" "]
+    assert codes == [b"250", b"250", b"334", b"334", b"535", b"250", b"221"]
+    assert counts["auth_failed"] == 1
+    assert calls  # the kernel did serve the NOOPs around the exchange
+
+
+def test_no_kernel_on_tls_connections():
+    pytest.importorskip("cryptography")
+    with Sink(port=0, tls=True) as sink:
+        calls: list = []
+        sink._kernel = counting(sink._kernel, calls)
+        with socket.create_connection((sink.host, sink.port), timeout=10) as raw:
+            with sink.client_context().wrap_socket(raw, server_hostname="127.0.0.1") as c:
+                f = c.makefile("rb")
+                f.readline()
+                c.sendall(b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n..x\r\n.\r\nQUIT\r\n")
+                lines = [line for line in f]
+        counts = sink.counts
+    assert lines[-1].startswith(b"221 ") and counts["messages"] == 1 and counts["bytes"] == 4
+    assert calls == []
