@@ -22,6 +22,11 @@ Usage::
     python bench/bench_sink_capacity.py                     # all servers, 200,000 x 1 KB each
     python bench/bench_sink_capacity.py --messages 50000 --servers smtp-sink,sink
     python bench/bench_sink_capacity.py --json              # one JSON object per line
+    python bench/bench_sink_capacity.py --baseline /other/checkout/src   # + that sink, same load
+
+``--baseline SRC`` adds rows ``baseline`` and ``baseline-bdat``: the sink of
+another checkout (its ``src`` directory, e.g. from ``git worktree add`` or
+``git archive``), run as it is there, to measure a change before and after.
 
 Columns: ``msgs/s`` (messages over the wall time from the first write to the
 last reply), ``ratio`` (to ``smtp-sink`` in this run), ``server us/msg`` (the
@@ -105,8 +110,9 @@ def pin_self(cpu: int) -> None:
 class Server:
     """One server under test in a subprocess pinned to ``cpu``."""
 
-    def __init__(self, kind: str, cpu: int = 1) -> None:
+    def __init__(self, kind: str, cpu: int = 1, src: Path = SRC) -> None:
         self.kind = kind
+        self.src = src
         self.cpu = cpu
         self.proc: Optional[subprocess.Popen] = None
         self.port = 0
@@ -127,7 +133,7 @@ class Server:
                     return self
                 self.stop()
             raise RuntimeError("smtp-sink did not start")
-        env = dict(os.environ, PYTHONPATH=str(SRC))
+        env = dict(os.environ, PYTHONPATH=str(self.src))
         if "pure" in self.kind:
             env["FASTSMTPLIB_NO_EXTENSIONS"] = "1"
         else:
@@ -242,9 +248,9 @@ def blast(port: int, messages: int, size: int, bdat: bool, block: int = 256) -> 
     return {"wall": t1 - t0, "client_cpu": c1 - c0}
 
 
-def measure(kind: str, messages: int, size: int, warmup: int = 2000) -> dict:
+def measure(kind: str, messages: int, size: int, warmup: int = 2000, src: Path = SRC) -> dict:
     bdat = kind.endswith("-bdat")
-    with Server(kind) as server:
+    with Server(kind, src=src) as server:
         blast(server.port, warmup, size, bdat)
         c0 = server.ticks()
         r = blast(server.port, messages, size, bdat)
@@ -276,17 +282,26 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--size", type=int, default=1024, help="message size in bytes (default 1024)")
     ap.add_argument("--servers", default=",".join(SERVERS), help="comma-separated, from: " + ", ".join(SERVERS))
     ap.add_argument("--json", action="store_true", help="one JSON object per server")
+    ap.add_argument("--baseline", metavar="SRC", type=Path,
+                    help="also run the sink of another checkout's src directory (rows baseline, baseline-bdat)")
     args = ap.parse_args(argv)
-    pin_self(0)
-    rows = []
+    runs = []
     for kind in args.servers.split(","):
         if kind not in SERVERS:
             ap.error("unknown server %r" % kind)
+        runs.append((kind, SRC))
+    if args.baseline is not None:
+        if not (args.baseline / "fastsmtplib" / "sink.py").is_file():
+            ap.error("--baseline: no fastsmtplib/sink.py under %s" % args.baseline)
+        runs += [("baseline", args.baseline), ("baseline-bdat", args.baseline)]
+    pin_self(0)
+    rows = []
+    for kind, src in runs:
         why = available(kind)
         if why:
             print("%s: skipped (%s)" % (kind, why), file=sys.stderr)
             continue
-        rows.append(measure(kind, args.messages, args.size))
+        rows.append(measure(kind, args.messages, args.size, src=src))
     base = next((r["msgs_per_s"] for r in rows if r["server"] == "smtp-sink"), None)
     for r in rows:
         r["ratio_to_smtp_sink"] = r["msgs_per_s"] / base if base else None

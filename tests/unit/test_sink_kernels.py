@@ -228,6 +228,7 @@ def drive(chunks, kernel, **limits):
         sink._fast = False
     else:
         sink._kernel = kernel.sink_scan
+        sink._scan_min = 0  # the kernel on every buffer, even the smallest
     s = _Session(None)  # no socket: _process never does I/O
     replies = []
     for chunk in chunks:
@@ -329,6 +330,7 @@ def test_auth_answer_that_looks_like_a_command_is_not_served_by_the_kernel():
     with Sink(port=0, auth=creds, auth_plaintext=True) as sink:
         calls: list = []
         sink._kernel = counting(sink._kernel, calls)
+        sink._scan_min = 0
         with socket.create_connection((sink.host, sink.port), timeout=10) as c:
             f = c.makefile("rb")
             f.readline()
@@ -346,6 +348,7 @@ def test_no_kernel_on_tls_connections():
     with Sink(port=0, tls=True) as sink:
         calls: list = []
         sink._kernel = counting(sink._kernel, calls)
+        sink._scan_min = 0
         with socket.create_connection((sink.host, sink.port), timeout=10) as raw:
             with sink.client_context().wrap_socket(raw, server_hostname="127.0.0.1") as c:
                 f = c.makefile("rb")
