@@ -30,7 +30,9 @@ another checkout (its ``src`` directory, e.g. from ``git worktree add`` or
 
 Columns: ``msgs/s`` (messages over the wall time from the first write to the
 last reply), ``ratio`` (to ``smtp-sink`` in this run), ``server us/msg`` (the
-server process's user+system CPU from ``/proc/PID/stat``, per message) and
+server process's user+system CPU from ``/proc/PID/stat``, per message),
+``msgs/CPU-s`` (its inverse: what the server would take with a core to
+itself; steadier than ``msgs/s`` when other work shares the machine) and
 ``client us/msg`` (this process's).  Every reply must be 2xx/3xx and the
 count must come out exact; a server that hangs up or refuses fails the run.
 
@@ -264,6 +266,7 @@ def measure(kind: str, messages: int, size: int, warmup: int = 2000, src: Path =
         "size": size,
         "msgs_per_s": messages / r["wall"],
         "server_us_per_msg": (c1 - c0) / CLK_TCK / messages * 1e6,
+        "msgs_per_cpu_s": messages * CLK_TCK / (c1 - c0) if c1 > c0 else None,
         "client_us_per_msg": r["client_cpu"] / messages * 1e6,
     }
 
@@ -311,11 +314,13 @@ def main(argv: Optional[list] = None) -> int:
         return 0
     print("%d x %d B, one connection, blind pipelining; server on CPU 1, client on CPU 0"
           % (args.messages, args.size))
-    print("%-16s %10s %7s %14s %14s" % ("server", "msgs/s", "ratio", "server us/msg", "client us/msg"))
+    print("%-16s %10s %7s %14s %11s %14s" % (
+        "server", "msgs/s", "ratio", "server us/msg", "msgs/CPU-s", "client us/msg"))
     for r in rows:
         ratio = "%.2f" % r["ratio_to_smtp_sink"] if base else "-"
-        print("%-16s %10.0f %7s %14.2f %14.2f" % (
-            r["server"], r["msgs_per_s"], ratio, r["server_us_per_msg"], r["client_us_per_msg"]))
+        per_cpu = "%.0f" % r["msgs_per_cpu_s"] if r["msgs_per_cpu_s"] else "-"
+        print("%-16s %10.0f %7s %14.2f %11s %14.2f" % (
+            r["server"], r["msgs_per_s"], ratio, r["server_us_per_msg"], per_cpu, r["client_us_per_msg"]))
     return 0
 
 

@@ -181,6 +181,45 @@ def test_twins_agree_on_anything(wire_c, wire_py, data, s, pos, size, max_rcpt, 
     assert results[0] == results[1]
 
 
+WS = st.sampled_from([b"", b" ", b" ", b"  ", b"\t", b"\x0b", b"\x0c", b"\r", b"\n"])
+PARAM = st.tuples(
+    WS.filter(bool), st.sampled_from([b"SIZE", b"size", b"BODY", b"Body", b"RET", b"SIZ", b"BODYX", b""]),
+    st.sampled_from([b"=", b"", b"=="]),
+    st.sampled_from([b"12", b"0", b"007", b"", b"1x", b"1234567890123456789", b"99999999999999999",
+                     b"7BIT", b"8bitmime", b"BINARYMIME", b"binarymime", b"9BIT", b"HDRS"]),
+).map(b"".join)
+MAIL_LINE = st.tuples(
+    st.sampled_from([b"MAIL", b"mail", b"MaIl", b"MAILX"]), st.sampled_from([b" ", b"\t", b""]),
+    st.sampled_from([b"FROM:", b"from:", b"FROM", b"FROM:<"]), WS,
+    st.sampled_from([b"<", b"", b"<<"]), st.sampled_from([b"a@b", b"", b"\xc3\xa9@b", b"a b"]),
+    st.sampled_from([b">", b"", b">>"]), st.lists(PARAM, max_size=3).map(b"".join), WS,
+).map(b"".join)
+RCPT_LINE = st.tuples(
+    st.sampled_from([b"RCPT", b"rcpt", b"RCPTX"]), st.sampled_from([b" ", b"\t", b""]),
+    st.sampled_from([b"TO:", b"to:", b"TO"]), WS, st.sampled_from([b"<", b""]),
+    st.sampled_from([b"c@d", b"", b">"]), st.sampled_from([b">", b""]),
+    st.sampled_from([b"", b" NOTIFY=NEVER", b">"]), WS,
+).map(b"".join)
+BDAT_LINE = st.tuples(
+    st.sampled_from([b"BDAT", b"bdat"]), WS, st.sampled_from([b"3", b"0", b"", b"x", b"1234567890123456789"]),
+    WS, st.sampled_from([b"LAST", b"last", b"", b"LASTX", b"LAST LAST"]), WS,
+).map(b"".join)
+OTHER_LINE = st.sampled_from([b"DATA", b"DATA ", b"data", b"NOOP", b"NOOP x", b"RSET", b"RSET ", b"NOOPX", b""])
+LINES = st.lists(MAIL_LINE | RCPT_LINE | BDAT_LINE | OTHER_LINE, min_size=1, max_size=6).map(
+    lambda ls: b"\r\n".join(ls) + b"\r\nabc")
+
+
+@settings(HYPO, max_examples=1000)
+@given(LINES, st.integers(0, 1), st.integers(0, 2), st.sampled_from([0, 6, 7, 8, 11, 12, 13]) | st.integers(0, 2000),
+       st.booleans())
+def test_twins_agree_on_command_lines(wire_c, wire_py, data, mail, nrcpt, size, lmtp):
+    results = []
+    for wire in (wire_py, wire_c):
+        st_ = state(mail=mail, nrcpt=nrcpt)
+        results.append((wire.sink_scan(bytearray(data), 0, st_, size, 2, 200, lmtp, 1000), st_))
+    assert results[0] == results[1]
+
+
 # ---------------------------------------------------------------------------
 # The sink with the kernel (either twin) against the sink without it.
 
