@@ -57,7 +57,10 @@ def extensions():
         return []
     exts = [Extension("fastsmtplib._wire_c", ["src/fastsmtplib/_wire_c.pyx"])]
     try:
-        return cythonize(exts, compiler_directives={"language_level": "3"}, quiet=True)
+        # The generated C goes under build/, never into src/: an install or a test
+        # run must not leave files in the source tree.
+        return cythonize(exts, compiler_directives={"language_level": "3"}, quiet=True,
+                         build_dir="build/cython")
     except Exception as exc:
         if REQUIRE_EXT:
             raise
@@ -65,4 +68,10 @@ def extensions():
         return []
 
 
-setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
+# Metadata (egg-info) also goes under build/ rather than next to the package in src/.
+os.makedirs("build", exist_ok=True)
+setup(
+    ext_modules=extensions(),
+    cmdclass={"build_ext": OptionalBuildExt},
+    options={"egg_info": {"egg_base": "build"}},
+)

@@ -627,8 +627,8 @@ class Sink:
         limit = self.idle_timeout
         self._next_idle_check = now + min(1.0, limit / 4)
         for s in list(self._sessions):
-            if now - s.active < limit or s.closed:
-                continue
+            if now - s.active < limit or s.closed or s.held:
+                continue  # (with delayed replies the client is waiting for us, not idle)
             self._counts["idle_timeouts"] += 1
             if s.closing or s.outlen or s.upgrade or (s.tls is not None and not s.tls.ready):
                 # Its replies are not being read, or it never finished a

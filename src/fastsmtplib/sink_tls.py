@@ -10,7 +10,8 @@ other output.  No ``SSLWantReadError`` ever reaches the socket code.
 
 Memory per connection: the incoming BIO holds at most one ``recv`` plus one
 partial TLS record (16 KiB and a header); decrypted text per read is bounded
-the same way; encrypted output is the sink's reply cap plus record overhead.
+the same way; encrypted output is the sink's reply cap plus record overhead;
+OpenSSL's own state and buffers add a few tens of KiB per TLS connection.
 
 Certificates: :func:`generate_certificate` makes a throw-away CA and a leaf
 for ``localhost``, ``127.0.0.1`` and ``::1`` (ECDSA P-256, valid one day

@@ -173,3 +173,27 @@ def test_cli_idle_timeout_and_delay():
         out, _ = sink.stop()
     assert sink.counter(out, "idle_timeouts") == 1
     assert sink.counter(out, "fault_delayed") == 1  # the greeting (the 421 is never delayed)
+
+
+def test_without_cryptography_the_error_names_the_extra_and_the_flags(tmp_path):
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'cryptography' or name.startswith('cryptography.'):\n"
+        "            raise ImportError('blocked for the test')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from fastsmtplib.cli import main\n"
+        "sys.exit(main(['sink', '--port', '0', '--starttls']))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert "fastsmtplib[sink]" in r.stderr and "--tls-cert" in r.stderr
+    # With a certificate given, cryptography is not needed.
+    ca, cert, key = ca_material().write_files(tmp_path)
+    code = code.split("from fastsmtplib.cli")[0] + (
+        "from fastsmtplib.sink import Sink\n"
+        "s = Sink(port=0, starttls=True, tls_cert=%r, tls_key=%r)\n"
+        "print('ok', 'cryptography' in sys.modules)\n" % (str(cert), str(key)))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.split() == ["ok", "False"], r.stderr

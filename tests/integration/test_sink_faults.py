@@ -341,3 +341,12 @@ def test_random_faults_and_truncation_never_leak_connections(tmp_path):
         assert ok >= 1
         counts = wait_idle(s)
         assert counts["messages"] >= ok
+
+
+def test_delay_longer_than_idle_timeout_is_not_idleness():
+    with Sink(port=0, delay=0.6, idle_timeout=0.2) as s:
+        with smtplib.SMTP(s.host, s.port, timeout=10) as c:
+            assert c.noop()[0] == 250
+        counts = wait_idle(s)
+        assert counts["idle_timeouts"] == 0
+        assert counts["replies"][221] == 1

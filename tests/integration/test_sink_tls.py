@@ -408,13 +408,14 @@ def test_garbage_and_truncated_tls_survived(mode):
             else:  # a handshake, then a command cut in the middle, then garbage
                 tls = s.client_context().wrap_socket(sock, server_hostname="127.0.0.1")
                 tls.sendall(b"EHLO x\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n")
-                read_replies(tls, 4 if mode == "tls" else 4)
+                read_replies(tls, 4)  # greeting or 354 aside: the command replies came
                 tls.sendall(b"half of the content")
                 sock = tls.unwrap() if rng.random() < 0.5 else tls
                 if sock is not tls:
                     sock.sendall(b"\x00\xff garbage after close_notify")
             sock.close()
         counts = wait_idle(s)
+        assert s._thread.is_alive()
         assert counts["tls_failed"] >= 6, counts  # the plainly non-TLS ones at least
         assert counts["messages"] == 0
         with fastsmtplib.SMTP(s.host, s.port, timeout=10) if mode == "starttls" else \
@@ -432,3 +433,69 @@ def test_idle_mid_handshake_is_closed():
         assert sock.recv(100) == b""  # closed, no 421 (there is no TLS to say it in)
         counts = wait_idle(s)
         assert counts["idle_timeouts"] == 1
+
+
+def test_idle_timeout_421_over_tls():
+    with Sink(port=0, tls=True, idle_timeout=0.3) as s:
+        sock = socket.create_connection((s.host, s.port), timeout=10)
+        with s.client_context().wrap_socket(sock, server_hostname="127.0.0.1") as tls:
+            tls.sendall(b"EHLO x\r\nMAIL FROM:<a@x>\r\n")
+            data = b""
+            while True:
+                try:
+                    chunk = tls.recv(4096)
+                except ssl.SSLError:
+                    break
+                if not chunk:
+                    break
+                data += chunk
+        assert data.startswith(b"220 ") and data.endswith(b"421 4.4.2 Error: timeout exceeded\r\n")
+        assert wait_idle(s)["idle_timeouts"] == 1
+
+
+def test_starttls_with_delayed_replies(tmp_path):
+    """The 220 is held like any reply; TLS starts only once it (and all before it) left in clear."""
+    with Sink(port=0, starttls=True, delay=0.05, store=tmp_path, auth=USERS) as s:
+        with starttls_raw(s, b"NOOP\r\n") as tls:
+            tls.sendall(b"EHLO y\r\nAUTH PLAIN " + b64(b"\0alice\0s3cret pass") + b"\r\n")
+            assert read_replies(tls, 2)[1].startswith(b"235 ")
+            tls.sendall(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n")
+            assert read_replies(tls, 3)[2].startswith(b"354 ")
+            tls.sendall(b"Subject: held\r\n\r\n..stuffed\r\n.\r\nQUIT\r\n")
+            assert read_replies(tls, 2)[1].startswith(b"221 ")
+        counts = wait_idle(s)
+        assert counts["starttls_discarded"] == len(b"NOOP\r\n")
+        assert [m.content for m in s.stored()] == [b"Subject: held\r\n\r\n.stuffed\r\n"]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_command_streams_with_every_feature(seed):
+    """Random mixes of real commands, AUTH exchanges, STARTTLS and junk, cut anywhere."""
+    rng = random.Random(seed)
+    words = [b"EHLO x", b"HELO y", b"MAIL FROM:<a@x>", b"RCPT TO:<b@x>", b"DATA", b"body", b".",
+             b"BDAT 5", b"BDAT 0 LAST", b"12345", b"RSET", b"NOOP", b"QUIT", b"STARTTLS", b"STARTTLS x",
+             b"AUTH PLAIN", b"AUTH LOGIN", b"AUTH PLAIN " + b64(b"\0alice\0s3cret pass"), b"*",
+             b64(b"alice"), b"=", b"AUTH", b"AUTH XOAUTH2 abc", b"\x00\xff\x16\x03\x01", b"", b"x" * 1200]
+    with Sink(port=0, starttls=True, auth=USERS, auth_plaintext=True, rcpt_refuse=0.2, data_reject=0.2,
+              drop_in_data=0.1, reply_421_at=25, seed=seed, max_line=512) as s:
+        for _ in range(30):
+            sock = socket.create_connection((s.host, s.port), timeout=10)
+            stream = b"".join(rng.choice(words) + rng.choice([b"\r\n", b"\r\n", b"\n", b""])
+                              for _ in range(rng.randrange(1, 40)))
+            stream = stream[: rng.randrange(len(stream) + 1)]
+            try:
+                for i in range(0, len(stream), 37):
+                    sock.sendall(stream[i:i + 37])
+                if rng.random() < 0.5:
+                    sock.settimeout(0.2)
+                    sock.recv(65536)
+            except OSError:
+                pass
+            sock.close()
+        counts = wait_idle(s)
+        assert s._thread.is_alive()
+        with smtplib.SMTP(s.host, s.port, timeout=10) as c:
+            c.starttls(context=s.client_context())
+            c.login("alice", USERS["alice"])
+            assert c.noop()[0] == 250
+        assert wait_idle(s)["auth_ok"] >= 1
