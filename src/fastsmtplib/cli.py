@@ -22,72 +22,19 @@ EXIT_USAGE = 2
 EXIT_CODES = """\
 exit codes:
   0  success
-  1  the command failed (demo: aiosmtpd is not installed, or a message was
-     not delivered; sink: the address could not be bound, or TLS could
-     not be set up)
+  1  the command failed (demo: a message was not delivered; send: see
+     `fastsmtplib send --help`; sink: the address could not be bound, or TLS
+     could not be set up; bench: a message was not accepted, or the server
+     to start could not be started)
   2  usage error: no command, an unknown command, or a bad option or argument
+  3  could not start: the server could not be reached (bench, send), the
+     login failed or the journal is locked by another run (send)
 """
 
 
 def version_text() -> str:
     ext = "active" if fastsmtplib.HAS_EXTENSIONS else "not active (pure-Python kernels)"
     return "%s %s\ncompiled extension: %s" % (PROG, fastsmtplib.__version__, ext)
-
-
-# -- demo ---------------------------------------------------------------------
-
-DEMO_HELP = "send a few messages through an embedded aiosmtpd server"
-DEMO_DESCRIPTION = """\
-Start an aiosmtpd server on 127.0.0.1 (a free port), send one message with
-sendmail() and five with send_many() over one connection, print each reply and
-how many messages the server received.  Needs aiosmtpd
-(pip install "fastsmtplib[demo]")."""
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    try:
-        from aiosmtpd.controller import Controller
-    except ImportError as exc:
-        print('%s demo: needs aiosmtpd (pip install "fastsmtplib[demo]"): %s' % (PROG, exc), file=sys.stderr)
-        return EXIT_FAILURE
-
-    received = []
-
-    class Handler:
-        async def handle_DATA(self, server, session, envelope):
-            received.append((envelope.mail_from, list(envelope.rcpt_tos), len(envelope.content)))
-            return "250 OK"
-
-    class _Ctl(Controller):
-        def _trigger_server(self):
-            self.port = self.server.sockets[0].getsockname()[1]
-            super()._trigger_server()
-
-    sent = 0
-    failed = 0
-    ctl = _Ctl(Handler(), hostname="127.0.0.1", port=0)
-    ctl.start()
-    try:
-        print("compiled kernels:", fastsmtplib.HAS_EXTENSIONS)
-        with fastsmtplib.SMTP("127.0.0.1", ctl.port, local_hostname="demo.local") as s:
-            print("sendmail ->", s.sendmail("me@example.org", ["you@example.org"], "Subject: hi\r\n\r\nhello\r\n"))
-            sent += 1
-            msgs = [("me@example.org", ["r%d@example.org" % i], "Subject: %d\r\n\r\nbody\r\n" % i) for i in range(5)]
-            for r in s.send_many(msgs):
-                print("send_many #%d -> %s %r" % (r.index, r.status, r.reply))
-                sent += 1
-                failed += not r.ok
-    finally:
-        ctl.stop()
-    print("server received %d messages" % len(received))
-    if failed or len(received) != sent:
-        print(
-            "%s demo: %d of %d messages not delivered, server received %d"
-            % (PROG, failed, sent, len(received)),
-            file=sys.stderr,
-        )
-        return EXIT_FAILURE
-    return EXIT_OK
 
 
 # -- sink ---------------------------------------------------------------------
@@ -206,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the version and whether the compiled extension is active, then exit")
     commands = parser.add_subparsers(dest="command", title="commands", metavar="<command>")
 
-    _command(commands, "demo", DEMO_HELP, DEMO_DESCRIPTION, cmd_demo)
+    from .cli_campaign import add_campaign_commands
+
+    add_campaign_commands(commands)  # demo, send, report (their own exit codes)
 
     from .sink import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SIZE, MAX_CONNECTIONS
 
@@ -224,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .sink_cli import add_arguments as add_sink_arguments
 
     add_sink_arguments(sink)
+
+    from . import cli_bench
+
+    cli_bench.add_parser(commands, _command)
     return parser
 
 

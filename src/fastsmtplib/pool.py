@@ -37,6 +37,11 @@ Shape (DESIGN.md §5)::
   says ``retry_uncertain=True``.  A message's ``SendResult`` is reported once,
   when its last attempt ends; ``attempts`` counts the times it was handed to a
   server; a message deferred after its last retry carries the last reply.
+* Latency: ``SendResult.sent_at`` is ``time.monotonic()`` when the write
+  carrying the message's MAIL command was issued (its first attempt's, so a
+  retried message's latency includes its retries; None if it was never
+  written), ``done_at`` when its outcome became known (its last attempt).
+  One clock read per write and per batch of replies, not per message.
 """
 
 from __future__ import annotations
@@ -102,7 +107,8 @@ class PoolClosed(RuntimeError):
 class _Job:
     """One message and its progress through attempts (I/O thread only, after submit)."""
 
-    __slots__ = ("item", "result", "future", "retry", "started", "mail_options", "rcpt_options")
+    __slots__ = ("item", "result", "future", "retry", "started", "mail_options", "rcpt_options",
+                 "written")
 
     def __init__(self, item: Any, result: SendResult, future: Future, retry: Retry,
                  mail_options: Sequence[str], rcpt_options: Sequence[str]) -> None:
@@ -113,13 +119,14 @@ class _Job:
         self.started = 0.0  # monotonic time of the first attempt
         self.mail_options = mail_options
         self.rcpt_options = rcpt_options
+        self.written = 0  # result.attempts when handed to the engine (its MAIL not yet written)
 
 
 class _Slot:
     """One of the pool's connections."""
 
     __slots__ = ("state", "conn", "sock", "eng", "out", "jobs", "deadline", "opened",
-                 "idle_since", "sent", "retiring", "registered", "events", "gen")
+                 "idle_since", "sent", "retiring", "registered", "events", "gen", "unwritten")
 
     def __init__(self) -> None:
         self.state = _CLOSED
@@ -128,6 +135,9 @@ class _Slot:
         self.eng: Any = None
         self.out: Any = None  # bytes not yet written (memoryview), or None
         self.jobs: dict[int, _Job] = {}  # id(result) -> job, messages given to the engine
+        # Jobs handed to the engine whose MAIL was not yet written, in the
+        # engine's order (it writes its queue first in, first out).
+        self.unwritten: collections.deque[_Job] = collections.deque()
         self.deadline = 0.0  # reply deadline while replies are owed
         self.opened = 0.0
         self.idle_since = 0.0
@@ -740,6 +750,8 @@ class SMTPPool:
             self._resolve(job)
             return False
         slot.jobs[id(result)] = job
+        job.written = result.attempts  # the engine counts an attempt as it writes the MAIL
+        slot.unwritten.append(job)
         slot.sent += 1
         self.stats["handed"] += 1
         limit = self.max_messages_per_connection
@@ -891,6 +903,7 @@ class SMTPPool:
                 pass
             self.stats["closes"] += 1
         slot.state = _CLOSED
+        slot.unwritten.clear()
         slot.conn = slot.sock = slot.eng = slot.out = None
         slot.deadline = 0.0
         slot.retiring = False
@@ -913,6 +926,9 @@ class SMTPPool:
     def _flush(self, slot: _Slot, now: float) -> None:
         data = slot.eng.bytes_to_send()
         if data:
+            unwritten = slot.unwritten
+            if unwritten:
+                self._stamp_sent(unwritten)
             self._write(slot, data, now)
         if slot.sock is not None and slot.state == _READY:
             eng = slot.eng
@@ -923,6 +939,21 @@ class SMTPPool:
                 slot.deadline = 0.0
                 if eng.broken is not None:
                     self._lost(slot, eng.broken)
+
+    @staticmethod
+    def _stamp_sent(unwritten: collections.deque) -> None:
+        """``sent_at`` for the messages whose MAIL this write carries: one
+        clock read per write, not per message.  A retried message keeps the
+        time of its first attempt's write (its latency includes the retries)."""
+        t = _monotonic()
+        while unwritten:
+            job = unwritten[0]
+            result = job.result
+            if result.attempts <= job.written:
+                break  # still queued in the engine (DATA: waits for the 354 before it)
+            unwritten.popleft()
+            if result.sent_at is None:
+                result.sent_at = t
 
     def _write(self, slot: _Slot, data: Any, now: float) -> None:
         if slot.out is not None:
@@ -1056,12 +1087,12 @@ class SMTPPool:
         result = job.result
         status = result.status
         if status is DELIVERED or status is PARTIAL or status is FAILED:
-            self._resolve(job)
+            self._resolve(job, now)
             return
         if status is DEFERRED or status is NOT_ATTEMPTED or status is UNCERTAIN or status in (
                 "deferred", "not_attempted", "uncertain"):
             if self._cancel:
-                self._resolve(job)
+                self._resolve(job, now)
                 return
             retry = job.retry.increment(status, result.reply, elapsed=now - job.started)
             job.retry = retry
@@ -1070,14 +1101,15 @@ class SMTPPool:
                 when = now + retry.delay(self._rng)
                 heapq.heappush(self._timers, (when, next(self._seq), job))
                 return
-        self._resolve(job)
+        self._resolve(job, now)
 
-    def _resolve(self, job: _Job) -> None:
+    def _resolve(self, job: _Job, now: Optional[float] = None) -> None:
         self._unfinished -= 1
-        st = job.result.status
-        self.stats[str(st)] += 1
+        result = job.result
+        self.stats[str(result.status)] += 1
+        result.done_at = now if now is not None else _monotonic()
         job.item = None  # the payload is not kept by a finished message
-        job.future.set_result(job.result)
+        job.future.set_result(result)
 
 
 def _cancel(fut: Future) -> bool:

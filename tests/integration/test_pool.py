@@ -92,6 +92,51 @@ def test_many_messages_several_connections_sink_dumps_none_lost_or_doubled(smtp_
     assert stats["handed"] == n
 
 
+def test_latency_timestamps_set_at_the_write_and_at_the_outcome(smtp_sink_factory):
+    sink = smtp_sink_factory()
+    n = 300
+    t0 = time.monotonic()
+    # One connection over DATA: message i+1's MAIL goes out in the write that
+    # carries message i's body, after i's 354 and before i's final reply.
+    with pool_for(sink, size=1) as pool:
+        results = sorted(pool.send_many(items(n)), key=lambda r: r.index)
+    t1 = time.monotonic()
+    assert {str(r.status) for r in results} == {"delivered"}
+    for r in results:
+        assert r.sent_at is not None and r.done_at is not None
+        assert t0 <= r.sent_at <= r.done_at <= t1
+    for a, b in zip(results, results[1:]):
+        assert a.sent_at < b.sent_at <= a.done_at <= b.done_at
+    # Several connections: each message still stamped, in order.
+    with pool_for(sink, size=4) as pool:
+        results = list(pool.send_many(items(n)))
+    assert all(r.sent_at is not None and r.sent_at <= r.done_at for r in results)
+    # Not part of equality: the same outcome compares equal whatever its times.
+    a, b = results[0], results[0].__class__(results[0].index)
+    for name in ("from_addr", "to_addrs", "status", "recipients", "reply", "exception", "attempts", "data_replies"):
+        setattr(b, name, getattr(a, name))
+    assert a == b and b.sent_at is None
+
+
+def test_latency_of_a_retried_message_spans_its_attempts():
+    def policy(ev):
+        if ev.command == "." and ev.attempt == 1:
+            return "451 4.3.0 try again"
+        return None
+
+    retry = Retry(attempts=3, backoff=0.05, backoff_max=0.05, jitter=None)
+    with PoolServer(policy) as srv, pool_for(srv, size=2, retry=retry) as pool:
+        results = list(pool.send_many(items(6)))
+        fut = pool.submit(FROM, TO, msg(99))
+        one = fut.result(timeout=10)
+    assert {str(r.status) for r in results} == {"delivered"}
+    for r in results + [one]:
+        assert r.attempts == 2
+        # sent_at is the first attempt's write, done_at the second's outcome:
+        # the backoff between them is inside (a lower bound, never flaky).
+        assert r.done_at - r.sent_at >= 0.05
+
+
 def test_sink_4xx_every_time_deferred_after_retries_with_the_last_reply(smtp_sink_factory):
     sink = smtp_sink_factory("-r", "RCPT")
     with pool_for(sink, size=2, retry=Retry(attempts=3, **FAST)) as pool:
