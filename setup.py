@@ -44,6 +44,27 @@ class OptionalBuildExt(build_ext):
         )
 
 
+def engine_extension():
+    """The compiled engine twin: ``_engine_py.py`` itself, built as ``fastsmtplib._engine_c``.
+
+    One set of rules: the pure source is compiled in Cython's pure-Python mode
+    with its augmenting ``_engine_py.pxd`` (C-typed state).  Cython takes a
+    module's name and its ``.pxd`` from the file name, so both are copied
+    under build/ as ``_engine_c.py``/``.pxd``; the generated C stays there too.
+    """
+    import shutil
+
+    out = os.path.join("build", "cython", "fastsmtplib")
+    os.makedirs(out, exist_ok=True)
+    for ext in ("py", "pxd"):
+        src = os.path.join("src", "fastsmtplib", "_engine_py." + ext)
+        dst = os.path.join(out, "_engine_c." + ext)
+        # Copy only when changed, so an unchanged source is not recompiled.
+        if not os.path.exists(dst) or open(src, "rb").read() != open(dst, "rb").read():
+            shutil.copyfile(src, dst)
+    return [Extension("fastsmtplib._engine_c", [os.path.join(out, "_engine_c.py")])]
+
+
 def extensions():
     if NO_EXT:
         sys.stderr.write("fastsmtplib: FASTSMTPLIB_NO_EXTENSIONS set; building pure Python only\n")
@@ -56,8 +77,10 @@ def extensions():
         sys.stderr.write("fastsmtplib: Cython unavailable (%s); pure Python only\n" % exc)
         return []
     exts = [Extension("fastsmtplib._wire_c", ["src/fastsmtplib/_wire_c.pyx"])]
+    exts += engine_extension()
     try:
-        return cythonize(exts, compiler_directives={"language_level": "3"}, quiet=True)
+        return cythonize(exts, compiler_directives={"language_level": "3"}, quiet=True,
+                         include_path=[os.path.join("build", "cython")])
     except Exception as exc:
         if REQUIRE_EXT:
             raise
