@@ -45,24 +45,28 @@ class OptionalBuildExt(build_ext):
 
 
 def engine_extension():
-    """The compiled engine twin: ``_engine_py.py`` itself, built as ``fastsmtplib._engine_c``.
+    """The compiled twins of the engine and its encoder, from their pure sources.
 
-    One set of rules: the pure source is compiled in Cython's pure-Python mode
-    with its augmenting ``_engine_py.pxd`` (C-typed state).  Cython takes a
-    module's name and its ``.pxd`` from the file name, so both are copied
-    under build/ as ``_engine_c.py``/``.pxd``; the generated C stays there too.
+    One set of rules: ``_engine_py.py`` and ``_envelope_py.py`` are compiled in
+    Cython's pure-Python mode with their augmenting ``.pxd`` (C-typed state)
+    as ``fastsmtplib._engine_c`` and ``_envelope_c``.  Cython takes a module's
+    name and its ``.pxd`` from the file name, so both are copied under build/
+    as ``_engine_c.py``/``.pxd`` (...); the generated C stays there too.
     """
     import shutil
 
     out = os.path.join("build", "cython", "fastsmtplib")
     os.makedirs(out, exist_ok=True)
-    for ext in ("py", "pxd"):
-        src = os.path.join("src", "fastsmtplib", "_engine_py." + ext)
-        dst = os.path.join(out, "_engine_c." + ext)
-        # Copy only when changed, so an unchanged source is not recompiled.
-        if not os.path.exists(dst) or open(src, "rb").read() != open(dst, "rb").read():
-            shutil.copyfile(src, dst)
-    return [Extension("fastsmtplib._engine_c", [os.path.join(out, "_engine_c.py")])]
+    exts = []
+    for pure, compiled in (("_envelope_py", "_envelope_c"), ("_engine_py", "_engine_c")):
+        for ext in ("py", "pxd"):
+            src = os.path.join("src", "fastsmtplib", pure + "." + ext)
+            dst = os.path.join(out, compiled + "." + ext)
+            # Copy only when changed, so an unchanged source is not recompiled.
+            if not os.path.exists(dst) or open(src, "rb").read() != open(dst, "rb").read():
+                shutil.copyfile(src, dst)
+        exts.append(Extension("fastsmtplib." + compiled, [os.path.join(out, compiled + ".py")]))
+    return exts
 
 
 def extensions():

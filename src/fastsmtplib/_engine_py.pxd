@@ -38,6 +38,7 @@ cdef inline bint _positive(int kind, int code)
 cdef inline int _expected_class(int kind)
 @cython.locals(n=Py_ssize_t, i=Py_ssize_t)
 cdef int _enhanced_class(bytes text)
+cdef bytes _bdat_last(Py_ssize_t size)
 cdef object _by_code(int code)
 cdef dict _refused(dict recipients)
 cdef object _refusal_status(dict refused)
@@ -57,8 +58,13 @@ cdef class Engine:
     cdef int _prev_sig
     cdef _Msg _lockstep
 
+    cpdef Py_ssize_t room(self) except -1
+    cpdef list take_results(self)
     @cython.locals(m=_Msg, out=list)
     cpdef bytes bytes_to_send(self)
+    cpdef list receive(self, object data)
+    cpdef list receive_replies(self, object replies)
+    cpdef list connection_lost(self, object exc)
     @cython.locals(head=Py_ssize_t)
     cdef void _owe(self, int kind, _Msg m) except *
     cdef void _write_rset(self, list out) except *

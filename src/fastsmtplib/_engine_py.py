@@ -261,6 +261,12 @@ def _enhanced_class(text: bytes) -> int:
     return _SIG_D if i > 2 and i < n and text[i] == 0x2E else _SIG_PLAIN
 
 
+def _bdat_last(size: int) -> bytes:
+    """The ``BDAT n LAST`` command for a payload of ``size`` octets (RFC 3030 §2)."""
+    # str formatting: compiled, Cython turns it into a C integer conversion.
+    return ("BDAT %d LAST\r\n" % size).encode("ascii")
+
+
 def _by_code(code: int) -> Status:
     return DEFERRED if 400 <= code <= 499 else REFUSED
 
@@ -552,7 +558,7 @@ class Engine:
                 self._owe(_RCPT, m)
             if self.bdat:
                 payload = m.payload
-                out.append(b"BDAT %d LAST\r\n" % len(payload))
+                out.append(_bdat_last(len(payload)))
                 out.append(payload)
                 budget -= len(payload)
                 m.data_sent = m.body_sent = True
@@ -594,7 +600,7 @@ class Engine:
             m.data_sent = True
             if self.bdat:
                 payload = m.payload
-                out.append(b"BDAT %d LAST\r\n" % len(payload))
+                out.append(_bdat_last(len(payload)))
                 out.append(payload)
                 m.body_sent = True
                 m.payload = None
