@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bdat_sink import PinnedBdatSink  # noqa: E402
 from raw_client import RawClient, bdat_window_batch  # noqa: E402
 from sink import PinnedSink, pinned_to_cpu, sink_available  # noqa: E402
+from variants import pure_fastsmtplib  # noqa: E402
 
 import fastsmtplib  # noqa: E402
 
@@ -187,7 +188,9 @@ CASES = {
 HAS_SEND_MANY = hasattr(fastsmtplib.SMTP, "send_many")
 NO_SEND_MANY = "fastsmtplib.SMTP.send_many() is not there yet (src/fastsmtplib/batch.py)"
 
-IMPLS = {"stdlib": smtplib, "fastsmtplib": fastsmtplib}
+# "pure" is fastsmtplib on its pure-Python twins (bench/variants.py), in the
+# same process and group as the compiled one.
+IMPLS = {"stdlib": smtplib, "fastsmtplib": fastsmtplib, "pure": pure_fastsmtplib()}
 
 # ---------------------------------------------------------------------------
 # Batches: each returns a function sending ``case.batch`` messages and
@@ -336,6 +339,10 @@ if pytest is not None and "pytest" in sys.modules and hasattr(pytest, "fixture")
         """stdlib smtplib: 200 x sendmail(), 1 KB, 1 recipient, lock-step MAIL/RCPT/DATA."""
         _bench(benchmark, sink, "stdlib", CASES["a"])
 
+    def test_a_pure(benchmark, sink):
+        """fastsmtplib on its pure-Python twins: case a."""
+        _bench(benchmark, sink, "pure", CASES["a"])
+
     def test_a_fastsmtplib(benchmark, sink):
         """fastsmtplib: 200 x sendmail(), 1 KB, 1 recipient, MAIL/RCPT/DATA pipelined."""
         _bench(benchmark, sink, "fastsmtplib", CASES["a"])
@@ -343,6 +350,10 @@ if pytest is not None and "pytest" in sys.modules and hasattr(pytest, "fixture")
     def test_b_stdlib(benchmark, sink):
         """stdlib smtplib: 100 x sendmail(), 1 KB, 20 recipients each."""
         _bench(benchmark, sink, "stdlib", CASES["b"])
+
+    def test_b_pure(benchmark, sink):
+        """fastsmtplib on its pure-Python twins: case b."""
+        _bench(benchmark, sink, "pure", CASES["b"])
 
     def test_b_fastsmtplib(benchmark, sink):
         """fastsmtplib: 100 x sendmail(), 1 KB, 20 recipients each, pipelined."""
@@ -352,6 +363,10 @@ if pytest is not None and "pytest" in sys.modules and hasattr(pytest, "fixture")
         """stdlib smtplib: 200 x sendmail(), 20 KB HTML newsletter, 1 recipient."""
         _bench(benchmark, sink, "stdlib", CASES["c"])
 
+    def test_c_pure(benchmark, sink):
+        """fastsmtplib on its pure-Python twins: case c."""
+        _bench(benchmark, sink, "pure", CASES["c"])
+
     def test_c_fastsmtplib(benchmark, sink):
         """fastsmtplib: 200 x sendmail(), 20 KB HTML newsletter, 1 recipient."""
         _bench(benchmark, sink, "fastsmtplib", CASES["c"])
@@ -360,6 +375,11 @@ if pytest is not None and "pytest" in sys.modules and hasattr(pytest, "fixture")
     def test_d_stdlib(benchmark, sink):
         """stdlib smtplib: 200 x sendmail(), 1 KB, 1 recipient (case a again, beside send_many)."""
         _bench(benchmark, sink, "stdlib", dataclasses.replace(CASES["a"], group=CASES["d"].group))
+
+    @pytest.mark.skipif(not HAS_SEND_MANY, reason=NO_SEND_MANY)
+    def test_d_pure_send_many(benchmark, sink):
+        """fastsmtplib on its pure-Python twins: case d."""
+        _bench(benchmark, sink, "pure", CASES["d"])
 
     @pytest.mark.skipif(not HAS_SEND_MANY, reason=NO_SEND_MANY)
     def test_d_fastsmtplib_send_many(benchmark, sink):
@@ -386,6 +406,10 @@ if pytest is not None and "pytest" in sys.modules and hasattr(pytest, "fixture")
         """stdlib smtplib: 400 x sendmail() (DATA), 1 KB, on the CHUNKING sink."""
         _bench(benchmark, bdat_sink, "stdlib", CASES["e"])
 
+    def test_e_pure_send_many(benchmark, bdat_sink):
+        """fastsmtplib on its pure-Python twins: case e."""
+        _bench(benchmark, bdat_sink, "pure", CASES["e"])
+
     def test_e_fastsmtplib_send_many(benchmark, bdat_sink):
         """fastsmtplib: one send_many() of 400 messages over BDAT (window 16), 1 KB."""
         _bench(benchmark, bdat_sink, "fastsmtplib", CASES["e"])
@@ -410,6 +434,7 @@ def _measure(impl: str, case: Case, sink, rounds: int, timeout: Optional[float] 
 # does not), so fastsmtplib is measured both ways.
 CLIENTS = {
     "stdlib": ("stdlib", 30),
+    "pure": ("pure", 30),
     "fastsmtplib": ("fastsmtplib", 30),
     "fast,no t/o": ("fastsmtplib", None),
     "raw": ("raw", None),
@@ -424,7 +449,9 @@ def run_table(rounds: int, raw: bool = False) -> list[tuple]:
         base: dict[str, Meter] = {}
         for key in "abcde":
             case = CASES[key]
-            names = ["fastsmtplib", "fast,no t/o"] if key == "d" else ["stdlib", "fastsmtplib", "fast,no t/o"]
+            names = ["pure", "fastsmtplib", "fast,no t/o"]
+            if key != "d":
+                names.insert(0, "stdlib")
             if raw:
                 names += ["raw", "raw,t/o 30"]
             meters = {}
