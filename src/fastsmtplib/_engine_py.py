@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import operator
 from typing import Any, Iterable, Protocol, Sequence
 
 from ._envelope import Encoder
@@ -357,6 +358,7 @@ class Engine:
         chunking: bool = True,
         parser: Any = None,
     ) -> None:
+        window = operator.index(window)  # an int in both twins (compiled: a C integer)
         if window < 1:
             raise ValueError("window must be at least 1")
         self.caps = caps

@@ -151,6 +151,16 @@ def test_same_public_surface():
     assert c.SendResult.__slots__ == _engine_py.SendResult.__slots__
 
 
+def test_window_must_be_a_positive_int_in_both():
+    c = load("_engine_c")
+    for mod in (c, _engine_py):
+        assert mod.Engine(_caps("bdat"), window=True).window == 1  # an int subclass is an int
+        with pytest.raises(TypeError):
+            mod.Engine(_caps("bdat"), window=2.0)
+        with pytest.raises(ValueError, match="at least 1"):
+            mod.Engine(_caps("bdat"), window=0)
+
+
 def test_send_result_behaves_alike():
     c = load("_engine_c")
     for mod in (c, _engine_py):
