@@ -11,7 +11,7 @@ The rules, each next to the code that obeys it:
 1. Replies come in command order (RFC 2920 §3.2); each is matched to the
    oldest command still owed one.  Every reply is checked against what its
    command may return (RFC 5321 §4.3.2, RFC 3030 §2, RFC 2033 §4.2): the
-   positive codes in ``_POSITIVE``, or any 4yz/5yz (RSET too: RFC 5321
+   positive codes in ``_positive``, or any 4yz/5yz (RSET too: RFC 5321
    §4.1.1.5 says it answers 250, but aiosmtpd requiring STARTTLS says 530).  With
    ENHANCEDSTATUSCODES (RFC 2034, RFC 3463) a 2yz to MAIL/RCPT carries
    subject 1 (addressing, ``2.1.x``) and one to DATA's end or BDAT does not,
@@ -264,8 +264,8 @@ def _enhanced_class(text: bytes) -> int:
 
 def _bdat_last(size: int) -> bytes:
     """The ``BDAT n LAST`` command for a payload of ``size`` octets (RFC 3030 §2)."""
-    # str formatting: compiled, Cython turns it into a C integer conversion.
-    return ("BDAT %d LAST\r\n" % size).encode("ascii")
+    # An f-string: compiled, Cython builds it from a C integer directly.
+    return f"BDAT {size} LAST\r\n".encode("ascii")
 
 
 def _by_code(code: int) -> Status:
@@ -501,7 +501,7 @@ class Engine:
                     m.body_sent = True
                     self._owe(_FINAL, m)
                 m.payload = None  # sent: nothing keeps the payload alive while awaiting the reply
-            self._body_due.clear()
+            del self._body_due[:]
         if not self.pipelining:
             self._lockstep_write(out)
         elif self._queue or self._need_rset:
@@ -512,16 +512,12 @@ class Engine:
 
     def _owe(self, kind: int, m: _Msg | None) -> None:
         head = self._ohead
-        if head:
-            # Drop answered slots: all of them once none is owed, else in bulk.
-            if head == len(self._okinds):
-                self._okinds.clear()
-                self._omsgs.clear()
-                self._ohead = 0
-            elif head >= _OWED_COMPACT:
-                del self._okinds[:head]
-                del self._omsgs[:head]
-                self._ohead = 0
+        if head >= _OWED_COMPACT:
+            # Drop answered slots in bulk (amortised; their messages are
+            # already None, so nothing is kept alive meanwhile).
+            del self._okinds[:head]
+            del self._omsgs[:head]
+            self._ohead = 0
         self._okinds.append(kind)
         self._omsgs.append(m)
         if m is not None:

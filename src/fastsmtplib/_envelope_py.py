@@ -151,7 +151,7 @@ class Encoder:
         if limit is not None and self._esmtp:
             if limit and size > limit:
                 return None  # the general path raises SMTPMessageTooLarge
-            mail_params = (" size=%d" % size).encode("ascii") + mail_params
+            mail_params = f" size={size}".encode("ascii") + mail_params
         envelope = _encode_envelope(from_addr, to_list, mail_params, suffix[1])
         if envelope is None:
             return None
