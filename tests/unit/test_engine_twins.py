@@ -226,3 +226,32 @@ def test_twins_agree_on_random_batches_with_faults(c):
     compiled = load("_engine_c")
     # Policies are only read, but the fault's state lives in the server: each run gets its own.
     assert _outcome(compiled, c) == _outcome(_engine_py, c)
+
+
+@pytest.mark.parametrize("twin", ["selected", "pure"])
+def test_long_bdat_stream_never_idle(twin):
+    """Hundreds of BDAT messages whose replies trickle in, so replies are
+    always owed: the owed queue is compacted while in use (``_OWED_COMPACT``),
+    and every message is still paired with its own replies."""
+    from tests.support.engine_harness import CAPS
+
+    mod = selector if twin == "selected" else _engine_py
+    n = 300
+    eng = mod.Engine(CAPS["bdat"], window=32)
+    srv = FakeServer(enhanced=True)
+    todo = collections.deque(range(n))
+    most_owed = [0]
+
+    def as_room_allows(e) -> None:
+        most_owed[0] = max(most_owed[0], e.owed)
+        while todo and e.room() > 0:
+            i = todo.popleft()
+            e.submit(i, sender(i), [rcpt(i, 0)], body(i))
+
+    run = drive(eng, srv, split=_splitter([7, 13, 29]), before_write=as_room_allows)
+    assert not run.stalled and eng.broken is None and eng.idle and not todo
+    assert sorted(r.index for r in run.results) == list(range(n))
+    assert all(r.status == "delivered" and r.attempts == 1 for r in run.results)
+    assert all(r.recipients == {rcpt(r.index, 0): (250, r.recipients[rcpt(r.index, 0)][1])} for r in run.results)
+    assert len(srv.bodies) == n
+    assert 32 <= most_owed[0] <= 4 * 64  # a window at a time, never everything
