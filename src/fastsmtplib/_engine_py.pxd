@@ -51,9 +51,8 @@ cdef class Engine:
     cdef public object caps, encoder, parser, broken
     cdef public bint lmtp, pipelining, bdat, enhanced
     cdef public Py_ssize_t window, low_water
-    cdef object _queue, _flights
-    cdef list _okinds, _omsgs, _held, _ready, _body_due
-    cdef Py_ssize_t _ohead, _epoch, _envelopes_out
+    cdef list _queue, _flights, _okinds, _omsgs, _held, _ready, _body_due
+    cdef Py_ssize_t _qhead, _fhead, _ohead, _epoch, _envelopes_out
     cdef bint _need_rset
     cdef int _prev_sig
     cdef _Msg _lockstep
@@ -65,6 +64,10 @@ cdef class Engine:
     cpdef list receive(self, object data)
     cpdef list receive_replies(self, object replies)
     cpdef list connection_lost(self, object exc)
+    @cython.locals(head=Py_ssize_t, m=_Msg)
+    cdef _Msg _pop_queue(self)
+    @cython.locals(head=Py_ssize_t)
+    cdef void _add_flight(self, _Msg m) except *
     @cython.locals(head=Py_ssize_t)
     cdef void _owe(self, int kind, _Msg m) except *
     cdef void _write_rset(self, list out) except *
@@ -79,6 +82,7 @@ cdef class Engine:
     cdef void _finish_envelope(self, _Msg m) except *
     @cython.locals(finals=list, code=int, delivered=Py_ssize_t, partial=bint)
     cdef void _finish_final(self, _Msg m) except *
+    @cython.locals(flights=list, head=Py_ssize_t, i=Py_ssize_t)
     cdef void _finish(self, _Msg m, object status, object exc) except *
     @cython.locals(held=list, ready=list, n=Py_ssize_t, i=Py_ssize_t)
     cdef void _confirm(self, Py_ssize_t upto) except *

@@ -55,7 +55,6 @@ The rules, each next to the code that obeys it:
 
 from __future__ import annotations
 
-import collections
 import enum
 import operator
 from typing import Any, Iterable, Protocol, Sequence
@@ -371,8 +370,13 @@ class Engine:
         self.window = window if (self.bdat and self.pipelining and self.enhanced) else 1
         self.low_water = self.window // 2
         self.parser = parser if parser is not None else ReplyParser()
-        self._queue: collections.deque[_Msg] = collections.deque()
-        self._flights: collections.deque[_Msg] = collections.deque()  # written, unfinished
+        # Messages submitted and not yet written, _queue[_qhead:]; messages
+        # written and unfinished, _flights[_fhead:] in write order.  Lists read
+        # from a head index, as the owed replies below (no deque method calls).
+        self._queue: list[_Msg | None] = []
+        self._qhead = 0
+        self._flights: list[_Msg | None] = []
+        self._fhead = 0
         # The replies owed, oldest first: what each answers (kind) and the
         # message it belongs to (None for RSET), as two lists read from
         # ``_ohead`` on (a queue with no object per command).
@@ -452,18 +456,18 @@ class Engine:
     @property
     def in_flight(self) -> int:
         """Messages written and not yet reported."""
-        return len(self._flights) + len(self._held)
+        return len(self._flights) - self._fhead + len(self._held)
 
     @property
     def queued(self) -> int:
         """Messages submitted and not yet written."""
-        return len(self._queue)
+        return len(self._queue) - self._qhead
 
     @property
     def idle(self) -> bool:
         """Nothing to write, nothing owed, nothing unreported."""
-        return not (self._ohead < len(self._okinds) or self._queue or self._body_due or self._need_rset
-                    or self._held or self._flights)
+        return not (self._ohead < len(self._okinds) or self._qhead < len(self._queue) or self._body_due
+                    or self._need_rset or self._held or self._fhead < len(self._flights))
 
     def room(self) -> int:
         """How many more messages the engine would take now: what it can write
@@ -471,11 +475,11 @@ class Engine:
         if self.broken is not None or len(self._held) >= self.window * _MAX_HELD_FACTOR:
             return 0
         if not self.pipelining:
-            return 0 if (self._queue or self._flights) else 1
+            return 0 if (self._qhead < len(self._queue) or self._fhead < len(self._flights)) else 1
         if not self.bdat:
             # DATA: the next envelope waits to go out with the current body.
-            return 0 if self._queue else 1
-        return max(0, self.window - len(self._queue) - len(self._flights))
+            return 0 if self._qhead < len(self._queue) else 1
+        return max(0, self.window - (len(self._queue) - self._qhead) - (len(self._flights) - self._fhead))
 
     def take_results(self) -> list[SendResult]:
         """Results confirmed since the last call (also returned by ``receive``)."""
@@ -504,11 +508,30 @@ class Engine:
             del self._body_due[:]
         if not self.pipelining:
             self._lockstep_write(out)
-        elif self._queue or self._need_rset:
+        elif self._qhead < len(self._queue) or self._need_rset:
             self._pipelined_write(out)
         if not out:
             return b""
         return out[0] if len(out) == 1 else b"".join(out)
+
+    def _pop_queue(self) -> _Msg:
+        """The oldest message submitted and not yet written (one must be)."""
+        head = self._qhead
+        m = self._queue[head]
+        self._queue[head] = None
+        head += 1
+        if head >= _OWED_COMPACT:
+            del self._queue[:head]
+            head = 0
+        self._qhead = head
+        return m
+
+    def _add_flight(self, m: _Msg) -> None:
+        head = self._fhead
+        if head >= _OWED_COMPACT:
+            del self._flights[:head]
+            self._fhead = 0
+        self._flights.append(m)
 
     def _owe(self, kind: int, m: _Msg | None) -> None:
         head = self._ohead
@@ -532,10 +555,10 @@ class Engine:
     def _pipelined_write(self, out: list[bytes]) -> None:
         if self._need_rset:
             self._write_rset(out)
-        if not self._queue:
+        if self._qhead >= len(self._queue):
             return
         if self.bdat:
-            flying = len(self._flights)
+            flying = len(self._flights) - self._fhead
             room = self.window - flying if flying <= self.low_water else 0
         else:
             # DATA: one envelope awaits its DATA reply at a time (its body must
@@ -544,9 +567,9 @@ class Engine:
         if len(self._held) >= self.window * _MAX_HELD_FACTOR:
             room = 0  # rule 3: stop until the held results are confirmed
         budget = WRITE_BUDGET
-        while room > 0 and self._queue and budget > 0:
-            m = self._queue.popleft()
-            if self.bdat and self._flights:
+        while room > 0 and self._qhead < len(self._queue) and budget > 0:
+            m = self._pop_queue()
+            if self.bdat and self._fhead < len(self._flights):
                 self._write_rset(out)  # rule 6: the message before may yet fail
             m.epoch = self._epoch
             m.result.attempts += 1
@@ -567,7 +590,7 @@ class Engine:
                 m.data_sent = True
                 self._owe(_DATA, m)
                 self._envelopes_out += 1
-            self._flights.append(m)
+            self._add_flight(m)
             room -= 1
 
     def _lockstep_write(self, out: list[bytes]) -> None:
@@ -579,14 +602,14 @@ class Engine:
             return
         m = self._lockstep
         if m is None:
-            if not self._queue:
+            if self._qhead >= len(self._queue):
                 return
-            m = self._lockstep = self._queue.popleft()
+            m = self._lockstep = self._pop_queue()
             # The MAIL and RCPT lines one by one (Prepared.envelope_lines).
             m.lines = [line + b"\r\n" for line in m.envelope.split(b"\r\n")[:-1]]
             m.epoch = self._epoch
             m.result.attempts += 1
-            self._flights.append(m)
+            self._add_flight(m)
         lines = m.lines
         if m.next_line < len(lines):
             line = lines[m.next_line]
@@ -826,13 +849,15 @@ class Engine:
         m.exc = exc
         m.payload = m.envelope = None  # nothing keeps the message alive while the result waits
         flights = self._flights
-        if flights and flights[0] is m:
-            flights.popleft()
+        head = self._fhead
+        if head < len(flights) and flights[head] is m:
+            flights[head] = None
+            self._fhead = head + 1
         else:
-            try:
-                flights.remove(m)
-            except ValueError:
-                pass
+            for i in range(head + 1, len(flights)):
+                if flights[i] is m:
+                    del flights[i]
+                    break
         if self._lockstep is m:
             self._lockstep = None
         self._held.append(m)
@@ -890,14 +915,16 @@ class Engine:
                 _report_unknown(m, exc)
         self._confirm(-1)
         ready = self._ready
-        for m in self._flights:
+        for m in self._flights[self._fhead:]:
             _report_unknown(m, exc)
             ready.append(_publish(m))
         self._flights.clear()
-        for m in self._queue:
+        self._fhead = 0
+        for m in self._queue[self._qhead:]:
             m.status, m.exc, m.recipients = NOT_ATTEMPTED, exc, {}
             ready.append(_publish(m))
         self._queue.clear()
+        self._qhead = 0
         self._okinds.clear()
         self._omsgs.clear()
         self._ohead = 0
