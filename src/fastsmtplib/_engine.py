@@ -34,7 +34,7 @@ if not env_flag("FASTSMTPLIB_NO_EXTENSIONS"):
     else:
         HAS_COMPILED_ENGINE = True
 if not HAS_COMPILED_ENGINE:
-    from . import _engine_py as _impl  # type: ignore[no-redef]
+    from . import _engine_py as _impl  # type: ignore[no-redef]  # noqa: F811
 
 #: The module the names below come from: ``_engine_c`` or ``_engine_py``.
 IMPLEMENTATION = _impl
