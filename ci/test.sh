@@ -30,7 +30,7 @@ python -m pip install -q --upgrade pip
 # A compile failure must fail the run, not fall back to pure Python silently.
 FASTSMTPLIB_REQUIRE_EXTENSIONS=1 python -m pip install -q ".[test]"
 cd "$ROOT"
-python -c "import fastsmtplib, sys; assert fastsmtplib.HAS_EXTENSIONS, 'compiled kernels did not load'; print('testing', fastsmtplib.__file__)"
+python -c "import fastsmtplib, fastsmtplib._engine as e; assert fastsmtplib.HAS_EXTENSIONS and e.HAS_COMPILED_ENGINE, 'compiled modules did not load'; print('testing', fastsmtplib.__file__)"
 python -m pytest tests -q -p no:cacheprovider
 FASTSMTPLIB_NO_EXTENSIONS=1 python -m pytest tests -q -p no:cacheprovider
 python -m pytest bench --benchmark-disable -q -p no:cacheprovider

@@ -33,8 +33,15 @@ exit codes:
 
 
 def version_text() -> str:
+    from . import _engine, _envelope
+
     ext = "active" if fastsmtplib.HAS_EXTENSIONS else "not active (pure-Python kernels)"
-    return "%s %s\ncompiled extension: %s" % (PROG, fastsmtplib.__version__, ext)
+
+    def impl(module: Any) -> str:
+        return "compiled" if module.__name__.endswith("_c") else "pure Python"
+
+    return "%s %s\ncompiled extension: %s\nengine: %s; envelope encoder: %s" % (
+        PROG, fastsmtplib.__version__, ext, impl(_engine.IMPLEMENTATION), impl(_envelope.IMPLEMENTATION))
 
 
 # -- sink ---------------------------------------------------------------------

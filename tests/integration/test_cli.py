@@ -58,6 +58,8 @@ def test_version_prints_version_and_extension_state():
     assert lines[0] == "fastsmtplib %s" % fastsmtplib.__version__
     state = "active" if fastsmtplib.HAS_EXTENSIONS else "not active"
     assert lines[1].startswith("compiled extension: %s" % state)
+    engine = "compiled" if fastsmtplib._engine.HAS_COMPILED_ENGINE else "pure Python"
+    assert lines[2].startswith("engine: %s;" % engine)
     assert DEMO_MARKER not in p.stdout
 
 
@@ -67,6 +69,7 @@ def test_version_reports_pure_python_when_extensions_disabled():
     assert p.stdout.splitlines() == [
         "fastsmtplib %s" % fastsmtplib.__version__,
         "compiled extension: not active (pure-Python kernels)",
+        "engine: pure Python; envelope encoder: pure Python",
     ]
 
 
