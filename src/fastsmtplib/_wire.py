@@ -30,6 +30,7 @@ if not env_flag("FASTSMTPLIB_NO_EXTENSIONS"):
             dot_stuff,
             dot_stuff_sized,
             encode_envelope,
+            sink_scan,
         )
     except ImportError:
         pass
@@ -43,6 +44,7 @@ if not HAS_EXTENSIONS:
         dot_stuff,
         dot_stuff_sized,
         encode_envelope,
+        sink_scan,
     )
 
 # Limits and the error class are plain Python in both modes (policy, not bytes).

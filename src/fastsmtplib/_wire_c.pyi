@@ -22,6 +22,7 @@ __all__ = [
     "dot_stuff_sized",
     "crlf_normalize",
     "encode_envelope",
+    "sink_scan",
 ]
 
 MAXLINE: Final[int]
@@ -71,3 +72,15 @@ def encode_envelope(
     rcpt_params: ReadableBuffer,
 ) -> bytes | None:
     """The MAIL line and every RCPT line of an envelope of plain addresses, else None."""
+
+def sink_scan(
+    buf: bytes | bytearray,
+    pos: int,
+    st: list[int],
+    size: int,
+    max_recipients: int,
+    max_line: int,
+    lmtp: bool,
+    room: int,
+) -> tuple[int, bytes, bytes | None, int]:
+    """The sink's common commands, DATA and BDAT content in ``buf[pos:]``: ``(pos, replies, mail, stop)``."""

@@ -37,6 +37,7 @@ from cpython.sequence cimport PySequence_Fast, PySequence_Fast_GET_ITEM, PySeque
 from cpython.tuple cimport PyTuple_Check
 from cpython.unicode cimport PyUnicode_1BYTE_DATA, PyUnicode_Check, PyUnicode_GET_LENGTH
 from libc.stdint cimport uint64_t
+from libc.stdio cimport snprintf
 from libc.string cimport memchr, memcmp, memcpy
 
 from fastsmtplib._wire_py import MAX_REPLY_BYTES, MAX_REPLY_LINES, MAXLINE, ReplyLimitError
@@ -146,6 +147,44 @@ cdef extern from *:
     """
     const unsigned char* _find_eol "fsl_find_eol"(const unsigned char* p,
                                                    const unsigned char* end) noexcept nogil
+
+
+cdef extern from *:
+    """
+    /* First CR LF "." in [p, end) (all three bytes inside), or NULL: in DATA
+       content, the start of a stuffed line or of the terminator (RFC 5321
+       §4.5.2).  SSE2 tests 16 starting places per step (loads at p, p+1, p+2);
+       elsewhere memchr finds each LF.  Uses fsl_ctz from the block above. */
+    static inline const unsigned char *
+    fsl_find_crlf_dot(const unsigned char *p, const unsigned char *end)
+    {
+    #if defined(__SSE2__) && !defined(FASTSMTPLIB_NO_SIMD)
+        const __m128i cr = _mm_set1_epi8('\\r'), lf = _mm_set1_epi8('\\n'),
+                      dot = _mm_set1_epi8('.');
+        while (end - p >= 18) {
+            __m128i a = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)p), cr);
+            __m128i b = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(p + 1)), lf);
+            __m128i c = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(p + 2)), dot);
+            int m = _mm_movemask_epi8(_mm_and_si128(_mm_and_si128(a, b), c));
+            if (m)
+                return p + fsl_ctz((unsigned int)m);
+            p += 16;
+        }
+    #endif
+        while (end - p >= 3) {
+            /* An LF at p+1 .. end-2 can be the middle of CR LF ".". */
+            const unsigned char *f = memchr(p + 1, '\\n', (size_t)(end - p - 2));
+            if (f == NULL)
+                return NULL;
+            if (f[-1] == '\\r' && f[1] == '.')
+                return f - 1;
+            p = f;
+        }
+        return NULL;
+    }
+    """
+    const unsigned char* _find_crlf_dot "fsl_find_crlf_dot"(const unsigned char* p,
+                                                             const unsigned char* end) noexcept nogil
 
 
 # Scratch output for mid-sized inputs (see _encode), kept between calls.  Only
@@ -707,6 +746,345 @@ def encode_envelope(from_addr, to_addrs, mail_params, rcpt_params):
         n = _strip_brackets(<object>PySequence_Fast_GET_ITEM(rcpts, i), &addr)
         o = _put_line(o, RCPT_HEAD, RCPT_HEAD_LEN, addr, n, rcpt_params)
     return out
+
+
+# --------------------------------------------------------------------------
+# The sink's hot loop (see _wire_py.sink_scan, the reference).  Every test the
+# twin makes on a line is made here on the same bytes, with the same notion
+# of a blank (bytes.split()/strip(): SP and 9..13) and of case (ASCII only).
+
+
+cdef inline bint _ws(unsigned char c) noexcept nogil:
+    return c == SP or (TAB <= c and c <= CR)
+
+
+cdef bint _ieq(const unsigned char* p, const char* lit, Py_ssize_t n) noexcept nogil:
+    """``p[:n].upper() == lit`` for an upper-case ASCII ``lit``."""
+    cdef Py_ssize_t i
+    cdef unsigned char t
+    for i in range(n):
+        t = <unsigned char>lit[i]
+        if 65 <= t <= 90:
+            if (p[i] & 0xDF) != t:
+                return False
+        elif p[i] != t:
+            return False
+    return True
+
+
+cdef bint _digits(const unsigned char* p, Py_ssize_t n, long long* value) noexcept nogil:
+    """1 to 18 ASCII digits (``isdigit()`` and short enough for a long long)."""
+    cdef long long v = 0
+    cdef Py_ssize_t i
+    if n < 1 or n > 18:
+        return False
+    for i in range(n):
+        if not 48 <= p[i] <= 57:
+            return False
+        v = v * 10 + (p[i] - 48)
+    value[0] = v
+    return True
+
+
+cdef inline Py_ssize_t _token(const unsigned char* l, Py_ssize_t k, Py_ssize_t j,
+                              Py_ssize_t* start) noexcept nogil:
+    """The next blank-separated token in ``l[k:j]``: its start in ``start``, its end returned (-1: none)."""
+    while k < j and _ws(l[k]):
+        k += 1
+    if k >= j:
+        return -1
+    start[0] = k
+    while k < j and not _ws(l[k]):
+        k += 1
+    return k
+
+
+cdef int _mail_ok(const unsigned char* l, Py_ssize_t n, long long size) noexcept nogil:
+    cdef Py_ssize_t i = 10, j = n, k, t = 0, vs
+    cdef const unsigned char* gt
+    cdef const unsigned char* eq
+    cdef long long v
+    cdef int binary = 0
+    if n < 10 or not _ieq(l + 5, b"FROM:", 5):
+        return -1
+    while i < j and _ws(l[i]):
+        i += 1
+    while j > i and _ws(l[j - 1]):
+        j -= 1
+    if i >= j or l[i] != 60:  # "<"
+        return -1
+    gt = <const unsigned char*>memchr(l + i, 62, <size_t>(j - i))  # ">"
+    if gt == NULL:
+        return -1
+    k = gt - l + 1
+    while True:
+        k = _token(l, k, j, &t)
+        if k < 0:
+            return binary
+        eq = <const unsigned char*>memchr(l + t, 61, <size_t>(k - t))  # "="
+        vs = (eq - l + 1) if eq != NULL else k
+        if (eq - (l + t) if eq != NULL else k - t) != 4:
+            continue
+        if _ieq(l + t, b"SIZE", 4):
+            if not _digits(l + vs, k - vs, &v) or v > size:
+                return -1
+        elif _ieq(l + t, b"BODY", 4):
+            if k - vs == 10 and _ieq(l + vs, b"BINARYMIME", 10):
+                binary = 1
+            elif not ((k - vs == 4 and _ieq(l + vs, b"7BIT", 4))
+                      or (k - vs == 8 and _ieq(l + vs, b"8BITMIME", 8))):
+                return -1
+
+
+cdef bint _rcpt_ok(const unsigned char* l, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i = 8, j = n
+    cdef const unsigned char* gt
+    if n < 8 or not _ieq(l + 5, b"TO:", 3):
+        return False
+    while i < j and _ws(l[i]):
+        i += 1
+    while j > i and _ws(l[j - 1]):
+        j -= 1
+    if i >= j or l[i] != 60:
+        return False
+    gt = <const unsigned char*>memchr(l + i, 62, <size_t>(j - i))
+    return gt != NULL and gt - (l + i) > 1
+
+
+cdef bint _bdat_ok(const unsigned char* l, Py_ssize_t n, long long* size, int* last) noexcept nogil:
+    """``BDAT n [LAST]`` as ``line.split()`` sees it."""
+    cdef Py_ssize_t k, t = 0
+    k = _token(l, 0, n, &t)  # "BDAT" (the verb test made sure)
+    k = _token(l, k, n, &t)
+    if k < 0 or not _digits(l + t, k - t, size):
+        return False
+    k = _token(l, k, n, &t)
+    if k < 0:
+        last[0] = 0
+        return True
+    if k - t != 4 or not _ieq(l + t, b"LAST", 4):
+        return False
+    last[0] = 1
+    return _token(l, k, n, &t) < 0
+
+
+cdef int _put_out(unsigned char** o, Py_ssize_t* cap, Py_ssize_t* olen,
+                  const char* src, Py_ssize_t n) except -1:
+    _grow(o, cap, olen[0] + n)
+    memcpy(o[0] + olen[0], src, <size_t>n)
+    olen[0] += n
+    return 0
+
+
+cdef const char* _S_MAIL_OK = b"250 2.1.0 Ok\r\n"
+cdef const char* _S_RCPT_OK = b"250 2.1.5 Ok\r\n"
+cdef const char* _S_OK = b"250 2.0.0 Ok\r\n"
+cdef const char* _S_354 = b"354 End data with <CR><LF>.<CR><LF>\r\n"
+
+
+def sink_scan(buf, pos, st, size, max_recipients, max_line, lmtp, room):
+    if len(st) != 17:
+        raise ValueError("sink_scan: the state list must have 17 items")
+    cdef long long state = st[0], bol = st[1], remaining = st[2], last = st[3], mail_open = st[4]
+    cdef long long nrcpt = st[5], binary = st[6], body = st[7], too_big = st[8], greeted = st[9]
+    cdef long long bdat_ok = st[10], qid = st[11], n250 = st[12], n354 = st[13], messages = st[14]
+    cdef long long recipients = st[15], nbytes = st[16]
+    cdef long long c_size = size, c_max_rcpt = max_recipients, chunk = 0, length, count
+    cdef Py_ssize_t c_pos = pos, c_max_line = _clamp(max_line), c_room = _clamp(room)
+    cdef bint c_lmtp = lmtp
+    cdef Py_buffer view
+    cdef const unsigned char* p
+    cdef const unsigned char* l
+    cdef const unsigned char* f
+    cdef Py_ssize_t n, eol, ln, start, cut, lastcrlf, q, stuffed, take
+    cdef Py_ssize_t mail_at = -1, mail_len = 0
+    cdef long long start_bol
+    cdef int b, chunk_last = 0, last_dot
+    cdef bint done = False, found
+    cdef unsigned char* o = NULL
+    cdef Py_ssize_t ocap = 0, olen = 0
+    cdef char line[64]
+    cdef int k, stop = 1
+    if c_pos < 0:
+        raise ValueError("sink_scan: pos must not be negative")
+    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    try:
+        p = <const unsigned char*>view.buf
+        n = view.len
+        while c_pos < n and olen < c_room:
+            if state == 0:
+                ln = n - c_pos if n - c_pos < c_max_line else c_max_line
+                f = <const unsigned char*>memchr(p + c_pos, LF, <size_t>ln) if ln > 1 else NULL
+                # The first CRLF that ends inside the window (an LF at the
+                # window's start, or after a byte that is not CR, is no line end).
+                while f != NULL and (f == p + c_pos or f[-1] != CR):
+                    q = f - p + 1
+                    f = <const unsigned char*>memchr(f + 1, LF, <size_t>(c_pos + ln - q)) if q < c_pos + ln else NULL
+                if f == NULL:
+                    stop = 0 if n - c_pos < c_max_line else 1  # an incomplete line, or one too long
+                    break
+                eol = f - p - 1
+                l = p + c_pos
+                ln = eol - c_pos
+                if ln > 4 and l[4] != SP:
+                    break
+                if ln >= 4 and _ieq(l, b"MAIL", 4):
+                    if not greeted or mail_open:
+                        break
+                    b = _mail_ok(l, ln, c_size)
+                    if b < 0:
+                        break
+                    mail_open, nrcpt, binary, body, too_big = 1, 0, b, 0, 0
+                    mail_at, mail_len = c_pos, ln
+                    n250 += 1
+                    _put_out(&o, &ocap, &olen, _S_MAIL_OK, 14)
+                elif ln >= 4 and _ieq(l, b"RCPT", 4):
+                    if not mail_open or nrcpt >= c_max_rcpt or not _rcpt_ok(l, ln):
+                        break
+                    nrcpt += 1
+                    n250 += 1
+                    _put_out(&o, &ocap, &olen, _S_RCPT_OK, 14)
+                elif ln >= 4 and _ieq(l, b"DATA", 4):
+                    if ln > 4 or not mail_open or not nrcpt or binary or too_big:
+                        break
+                    state, bol = 1, 1
+                    n354 += 1
+                    _put_out(&o, &ocap, &olen, _S_354, 37)
+                elif ln >= 4 and _ieq(l, b"BDAT", 4):
+                    if not _bdat_ok(l, ln, &chunk, &chunk_last) or not mail_open or not nrcpt or too_big:
+                        break
+                    state, remaining, last, bdat_ok = 2, chunk, chunk_last, 1
+                elif ln >= 4 and _ieq(l, b"RSET", 4):
+                    if ln > 4:
+                        break
+                    mail_open, nrcpt, binary, body, too_big = 0, 0, 0, 0, 0
+                    mail_at = -1
+                    n250 += 1
+                    _put_out(&o, &ocap, &olen, _S_OK, 14)
+                elif ln >= 4 and _ieq(l, b"NOOP", 4):
+                    n250 += 1
+                    _put_out(&o, &ocap, &olen, _S_OK, 14)
+                else:
+                    break
+                c_pos = eol + 2
+                if state != 2 or remaining:
+                    continue
+            elif state == 1:
+                if too_big:
+                    break
+                start, start_bol = c_pos, bol
+                if bol:
+                    if n - c_pos >= 3 and p[c_pos] == DOT and p[c_pos + 1] == CR and p[c_pos + 2] == LF:
+                        state, c_pos, done = 0, c_pos + 3, True
+                    else:
+                        if p[c_pos] == DOT and (n - c_pos == 1 or (n - c_pos == 2 and p[c_pos + 1] == CR)):
+                            stop = 0
+                            break  # ".", ".\r": wait for more
+                        if p[c_pos] == DOT:
+                            c_pos += 1  # a stuffed dot (RFC 5321 §4.5.2)
+                        bol = 0
+                if not done:
+                    # The CRLF-dots, up to the first CRLF.CRLF: each before
+                    # the cut is a stuffed dot.  Without a terminator, the
+                    # cut is after the last CRLF, found walking back.
+                    found = False
+                    stuffed = 0
+                    lastcrlf = -1
+                    last_dot = 0
+                    q = c_pos
+                    while True:
+                        f = _find_crlf_dot(p + q, p + n)
+                        if f == NULL:
+                            break
+                        q = f - p
+                        if q + 4 < n and p[q + 3] == CR and p[q + 4] == LF:
+                            found = True
+                            lastcrlf = q
+                            break
+                        stuffed += 1
+                        q += 3
+                    if not found:
+                        q = n - 1
+                        while q > c_pos:
+                            if p[q] == LF and p[q - 1] == CR:
+                                lastcrlf = q - 1
+                                # Its dot, if here, was counted: it is the next line's.
+                                last_dot = lastcrlf + 2 < n and p[lastcrlf + 2] == DOT
+                                break
+                            q -= 1
+                    if found:
+                        cut = lastcrlf + 2
+                        length = cut - c_pos - stuffed
+                    elif lastcrlf >= 0:
+                        cut = lastcrlf + 2
+                        length = cut - c_pos - (stuffed - last_dot)
+                    else:
+                        cut = n - 1 if n > c_pos and p[n - 1] == CR else n
+                        length = cut - c_pos if cut > c_pos else 0
+                    if body + length > c_size:
+                        c_pos, bol = start, start_bol
+                        break
+                    body += length
+                    if found:
+                        state, bol, c_pos, done = 0, 1, lastcrlf + 5, True
+                    else:
+                        if lastcrlf >= 0:
+                            bol = 1
+                        c_pos = cut
+                        stop = 0
+                        break  # the rest is not here yet
+                else:
+                    bol = 1
+            else:
+                if too_big or not bdat_ok:
+                    break
+                take = n - c_pos
+                if remaining < take:
+                    take = <Py_ssize_t>remaining
+                if take:
+                    if body + take > c_size:
+                        break
+                    body += take
+                    remaining -= take
+                    c_pos += take
+                if remaining:
+                    continue
+            if state == 2:
+                # The end of a chunk (RFC 3030 §2); BDAT 0 comes here too.
+                state = 0
+                if not last:
+                    k = snprintf(line, sizeof(line), b"250 2.0.0 Ok: %lld octets\r\n", body)
+                    n250 += 1
+                    _put_out(&o, &ocap, &olen, line, k)
+                    continue
+                done = True
+            if done:
+                done = False
+                qid += 1
+                messages += 1
+                recipients += nrcpt
+                nbytes += body
+                k = snprintf(line, sizeof(line), b"250 2.0.0 Ok: queued as %08llX\r\n",
+                             <unsigned long long>qid)
+                count = nrcpt if c_lmtp else 1
+                n250 += count
+                while count > 0:
+                    _put_out(&o, &ocap, &olen, line, k)
+                    count -= 1
+                mail_open, nrcpt, binary, body, too_big = 0, 0, 0, 0, 0
+                mail_at = -1
+        else:
+            stop = 0 if c_pos >= n else 2
+        mail = None
+        if mail_open and mail_at >= 0:
+            mail = PyBytes_FromStringAndSize(<const char*>p + mail_at, mail_len)
+        out = PyBytes_FromStringAndSize(<const char*>o, olen) if olen else b""
+    finally:
+        PyBuffer_Release(&view)
+        PyMem_Free(o)
+    st[:] = [state, bol, remaining, last, mail_open, nrcpt, binary, body, too_big, greeted, bdat_ok,
+             qid, n250, n354, messages, recipients, nbytes]
+    return c_pos, out, mail, stop
 
 
 # --------------------------------------------------------------------------

@@ -14,6 +14,9 @@ Three jobs live here, all pure byte work with no policy:
   BDAT encoders.
 * ``encode_envelope``: the MAIL and RCPT lines of an envelope of plain
   addresses in one call.
+* ``sink_scan``: the server side, for ``fastsmtplib.sink``: the common
+  commands of a whole buffer of pipelined input, DATA content up to its end
+  (dot-unstuffing counted on the way) and BDAT chunks, in one call.
 
 ``__all__`` below is the list of names for both twins (``_wire_c`` imports it)
 and for the selector ``_wire``.
@@ -42,6 +45,7 @@ __all__ = [
     "dot_stuff_sized",
     "crlf_normalize",
     "encode_envelope",
+    "sink_scan",
 ]
 
 #: Longest accepted reply line including its line end; same as the stdlib's
@@ -309,3 +313,260 @@ def encode_envelope(
     return b"".join(
         (head, b"rcpt TO:<", rcpts.replace(b"\x00", rcpt_end + b"rcpt TO:<"), rcpt_end)
     )
+
+
+# ---------------------------------------------------------------------------
+# The sink's hot loop (fastsmtplib.sink).  Index names of the state list.
+
+_ST_STATE, _ST_BOL, _ST_REMAINING, _ST_LAST, _ST_MAIL, _ST_NRCPT, _ST_BINARY, _ST_BODY = range(8)
+_ST_TOO_BIG, _ST_GREETED, _ST_BDAT_OK, _ST_QID, _ST_N250, _ST_N354, _ST_MESSAGES = range(8, 15)
+_ST_RECIPIENTS, _ST_BYTES = 15, 16
+_ST_LEN = 17
+
+_R_MAIL_OK = b"250 2.1.0 Ok\r\n"
+_R_RCPT_OK = b"250 2.1.5 Ok\r\n"
+_R_OK = b"250 2.0.0 Ok\r\n"
+_R_354 = b"354 End data with <CR><LF>.<CR><LF>\r\n"
+
+
+def _mail_ok(line: bytearray, size: int) -> int:
+    """-1 when the sink must see this MAIL line, else 1 for BODY=BINARYMIME, else 0."""
+    if line[5:10].upper() != b"FROM:":
+        return -1
+    arg = line[10:].strip()
+    if not arg.startswith(b"<"):
+        return -1  # a bare address, or none
+    end = arg.find(b">")
+    if end < 0:
+        return -1
+    binary = 0
+    for p in arg[end + 1:].split():
+        key, _, value = p.partition(b"=")
+        key = key.upper()
+        if key == b"SIZE":
+            if not value.isdigit() or len(value) > 18 or int(value) > size:
+                return -1
+        elif key == b"BODY":
+            value = value.upper()
+            if value == b"BINARYMIME":
+                binary = 1
+            elif value != b"7BIT" and value != b"8BITMIME":
+                return -1
+    return binary
+
+
+def _rcpt_ok(line: bytearray) -> bool:
+    if line[5:8].upper() != b"TO:":
+        return False
+    arg = line[8:].strip()
+    return arg.startswith(b"<") and arg.find(b">") > 1
+
+
+def sink_scan(buf, pos: int, st: list, size: int, max_recipients: int, max_line: int,
+              lmtp: bool, room: int) -> tuple:
+    """Serve the common part of ``buf[pos:]`` for the sink; return ``(pos, replies, mail, stop)``.
+
+    ``fastsmtplib.sink`` calls this for a whole received buffer (a
+    ``bytearray``) and does the rest itself: the kernel handles only what needs
+    no policy beyond the limits given, and stops *before* anything else, so the
+    sink's own Python code handles that one item and calls again.  The result
+    is exactly what that Python code would do.
+
+    ``st`` is the session, a list of 17 ints read at the start and written back
+    at the end (flags are 0/1)::
+
+        0 state (0 commands, 1 DATA content, 2 BDAT chunk)   1 bol: DATA content is at a line start
+        2 BDAT octets still to come   3 the chunk is LAST   4 a MAIL transaction is open
+        5 recipients accepted   6 BODY=BINARYMIME   7 content octets so far
+        8 content over ``size`` (the kernel stops)   9 HELO/EHLO/LHLO done
+        10 the BDAT chunk belongs to a valid transaction (the kernel stops if not)
+        11 the last queue id
+        12..16 added to: 250 replies, 354 replies, messages accepted,
+               their recipients, their content octets
+
+    What it serves (RFC 5321 §4.1.1, §4.5.2; RFC 3030; RFC 2033 §4.2 for
+    ``lmtp``), on lines of at most ``max_line`` bytes with their CRLF:
+
+    * ``MAIL FROM:<path>`` after HELO with no transaction open, parameters
+      ``SIZE=n`` (n at most ``size``) and ``BODY=7BIT/8BITMIME/BINARYMIME``
+      checked, others ignored: ``250 2.1.0 Ok``;
+    * ``RCPT TO:<path>`` (a non-empty path; parameters ignored) in a
+      transaction with fewer than ``max_recipients``: ``250 2.1.5 Ok``;
+    * ``DATA`` with recipients and not BINARYMIME: ``354 ...``, then the
+      content up to CRLF.CRLF, a leading dot of a line not counted;
+    * ``BDAT n [LAST]`` with recipients, then its n octets: ``250 2.0.0 Ok: n
+      octets``, or for the last chunk the end of the message;
+    * ``RSET`` (no argument), ``NOOP``: ``250 2.0.0 Ok``;
+    * the end of a message within ``size``: ``250 2.0.0 Ok: queued as %08X``
+      (the next queue id; once per recipient with ``lmtp``), and the
+      transaction closes.
+
+    Verbs and keywords in any case; blanks as ``bytes.split()`` sees them.
+    It stops at a line it does not serve (another verb, other syntax, a
+    sequence error, a bare address, a refusal), at a line not complete within
+    ``max_line`` bytes, at content that would cross ``size``, when the
+    replies reach ``room`` bytes, and at the end of the input (DATA content
+    is consumed up to its last line end, or up to a trailing CR; a line start
+    that may be a split ``.CRLF`` is kept).
+
+    ``replies`` is the bytes to send (maybe empty).  ``mail`` is the MAIL line
+    (without CRLF) of a transaction opened in this call and still open at its
+    end, else None.  ``stop`` says why it stopped at ``pos``: 0, the input
+    ends there or what follows is incomplete (an incomplete line, DATA
+    content after its last line end, or a possibly split ``.CRLF``), so the
+    caller waits for more; 1, what follows is the caller's to handle (one
+    line, one DATA or BDAT step); 2, the replies reached ``room``.
+    """
+    if len(st) != _ST_LEN:
+        raise ValueError("sink_scan: the state list must have 17 items")
+    if pos < 0:
+        raise ValueError("sink_scan: pos must not be negative")
+    (state, bol, remaining, last, mail_open, nrcpt, binary, body, too_big, greeted, bdat_ok, qid,
+     n250, n354, messages, recipients, nbytes) = st
+    bol, last, mail_open, binary = int(bol), int(last), int(mail_open), int(binary)
+    too_big, greeted, bdat_ok = int(too_big), int(greeted), int(bdat_ok)
+    n = len(buf)
+    out: list = []
+    outlen = 0
+    mail = None
+    done = False  # a message ended: account it and reset the transaction
+    stop = 1  # why the loop ended: see the docstring
+    while pos < n and outlen < room:
+        if state == 0:
+            eol = buf.find(b"\r\n", pos, pos + max_line)
+            if eol < 0:
+                stop = 0 if n - pos < max_line else 1  # an incomplete line, or one too long
+                break
+            line = buf[pos:eol]
+            verb = line[:4].upper()
+            if len(line) > 4 and line[4] != 32:
+                break
+            if verb == b"MAIL":
+                if not greeted or mail_open:
+                    break
+                b = _mail_ok(line, size)
+                if b < 0:
+                    break
+                mail_open, nrcpt, binary, body, too_big = 1, 0, b, 0, 0
+                mail = bytes(line)
+                reply = _R_MAIL_OK
+            elif verb == b"RCPT":
+                if not mail_open or nrcpt >= max_recipients or not _rcpt_ok(line):
+                    break
+                nrcpt += 1
+                reply = _R_RCPT_OK
+            elif verb == b"DATA":
+                if len(line) > 4 or not mail_open or not nrcpt or binary or too_big:
+                    break
+                state, bol = 1, 1
+                n354 += 1
+                out.append(_R_354)
+                outlen += len(_R_354)
+                pos = eol + 2
+                continue
+            elif verb == b"BDAT":
+                parts = line.split()
+                if (not 2 <= len(parts) <= 3 or not parts[1].isdigit() or len(parts[1]) > 18
+                        or (len(parts) == 3 and parts[2].upper() != b"LAST")
+                        or not mail_open or not nrcpt or too_big):
+                    break
+                state, remaining, last, bdat_ok = 2, int(parts[1]), int(len(parts) == 3), 1
+                pos = eol + 2
+                if remaining:
+                    continue
+                reply = None  # BDAT 0: the chunk is complete already
+            elif verb == b"RSET":
+                if len(line) > 4:
+                    break
+                mail_open, nrcpt, binary, body, too_big = 0, 0, 0, 0, 0
+                mail = None
+                reply = _R_OK
+            elif verb == b"NOOP":
+                reply = _R_OK
+            else:
+                break
+            if reply is not None:
+                n250 += 1
+                out.append(reply)
+                outlen += len(reply)
+                pos = eol + 2
+                continue
+        elif state == 1:
+            if too_big:
+                break
+            start, start_bol = pos, bol
+            if bol:
+                if buf.startswith(b".\r\n", pos):
+                    state, bol, pos, done = 0, 1, pos + 3, True
+                if not done and n - pos < 3 and b".\r\n".startswith(bytes(buf[pos:n])):
+                    stop = 0
+                    break  # ".", ".\r": wait for more
+                if not done:
+                    if buf[pos] == 46:
+                        pos += 1  # a stuffed dot (RFC 5321 §4.5.2)
+                    bol = 0
+            if not done:
+                end = buf.find(b"\r\n.\r\n", pos)
+                if end >= 0:
+                    cut = end + 2
+                    length = cut - pos - buf.count(b"\r\n.", pos, cut)
+                    if body + length > size:
+                        pos, bol = start, start_bol
+                        break
+                    body += length
+                    state, bol, pos, done = 0, 1, end + 5, True
+                else:
+                    last_eol = buf.rfind(b"\r\n", pos, n)
+                    if last_eol >= 0:
+                        cut = last_eol + 2
+                        bol = 1
+                    else:
+                        cut = n - 1 if n > pos and buf[n - 1] == 13 else n
+                    length = cut - pos - buf.count(b"\r\n.", pos, cut) if cut > pos else 0
+                    if body + length > size:
+                        pos, bol = start, start_bol
+                        break
+                    body += length
+                    pos = cut
+                    stop = 0
+                    break  # the rest is not here yet
+        else:
+            if too_big or not bdat_ok:
+                break
+            take = min(remaining, n - pos)
+            if take:
+                if body + take > size:
+                    break
+                body += take
+                remaining -= take
+                pos += take
+            if remaining:
+                continue
+        if state == 2:
+            # The end of a chunk (RFC 3030 §2); BDAT 0 comes here too.
+            state = 0
+            if not last:
+                reply = b"250 2.0.0 Ok: %d octets\r\n" % body
+                n250 += 1
+                out.append(reply)
+                outlen += len(reply)
+                continue
+            done = True
+        if done:
+            done = False
+            qid += 1
+            messages += 1
+            recipients += nrcpt
+            nbytes += body
+            reply = b"250 2.0.0 Ok: queued as %08X\r\n" % qid
+            count = nrcpt if lmtp else 1
+            n250 += count
+            out.append(reply * count)
+            outlen += len(reply) * count
+            mail_open, nrcpt, binary, body, too_big = 0, 0, 0, 0, 0
+            mail = None
+    else:
+        stop = 0 if pos >= n else 2
+    st[:] = (state, bol, remaining, last, mail_open, nrcpt, binary, body, too_big, greeted, bdat_ok,
+             qid, n250, n354, messages, recipients, nbytes)
+    return pos, b"".join(out), mail, stop

@@ -467,6 +467,7 @@ class SMTPPool:
         # new or retried messages, a new connection, a rate-limit or connect
         # wait that ended.  Reads fill their own connection (_received).
         self._dirty = True
+        self._rate_stopped = False  # set by each _fill
         self._fixed_timeout = timeout if timeout else None  # the reply timeout, when one for all
         self._buf = bytearray(_RECV_SIZE)
         self._view = memoryview(self._buf)
@@ -1024,11 +1025,13 @@ class SMTPPool:
                 if room <= 0:
                     continue
                 given = self._fill(slot, now, room)
-                if given < 0:
-                    self._dirty = True  # rate limited: again once a token is due
-                    return
+                # Write what was taken even when the rate limit stopped the
+                # fill part way: nothing else would flush it if no more work came.
                 if given and slot.sock is not None:
                     self._flush(slot, now)
+                if self._rate_stopped:
+                    self._dirty = True  # rate limited: again once a token is due
+                    return
         if pending:
             if now < self._connect_hold:
                 self._dirty = True  # again once the hold ends (the select timeout)
@@ -1037,7 +1040,9 @@ class SMTPPool:
     def _fill(self, slot: _Slot, now: float, room: int) -> int:
         """Give one ready connection up to ``room`` messages (its engine's
         ``room()``: each message taken uses one); the caller flushes.  How
-        many it took, or -1 if the rate limit stopped it."""
+        many it took; ``_rate_stopped`` says whether the rate limit stopped
+        it (what it took before that must still be written by the caller)."""
+        self._rate_stopped = False
         eng = slot.eng
         noop_after = self.noop_after
         if noop_after is not None and now - slot.idle_since >= noop_after and eng.idle:
@@ -1049,7 +1054,8 @@ class SMTPPool:
         given = 0
         while room > 0 and pending and not slot.retiring:
             if limited and not self._take_tokens(now):
-                return -1
+                self._rate_stopped = True
+                break
             if give(slot, pending.popleft(), now):
                 given += 1
                 room -= 1
@@ -1456,8 +1462,10 @@ class SMTPPool:
         # next round trip; with BDAT the window's room goes in this write.
         if self._pending and not slot.retiring:
             room = eng.room()
-            if room > 0 and self._fill(slot, now, room) < 0:
-                self._dirty = True
+            if room > 0:
+                self._fill(slot, now, room)  # written just below
+                if self._rate_stopped:
+                    self._dirty = True
             if slot.sock is None or slot.state != _READY:
                 return slot.sock is not None
         data = eng.bytes_to_send()
@@ -1472,9 +1480,9 @@ class SMTPPool:
             given = self._fill(slot, now, room)
             if slot.sock is None or slot.state != _READY:
                 return slot.sock is not None
-            if given < 0:
+            if self._rate_stopped:
                 self._dirty = True
-            elif given:
+            if given:
                 data = eng.bytes_to_send()
                 if data:
                     self._stamp_sent(slot.unwritten)

@@ -109,10 +109,20 @@ be delivered is closed outright (``idle_timeouts``).  Under TLS every limit
 above holds too: the decrypted text per read is bounded like a plain read,
 and encrypted replies count against ``max_output``.
 
-The hot loop is pure Python on ``bytes.find``/``bytearray.count`` and
-``memoryview`` slices, never a per-byte Python loop; compiled scanning
-kernels in ``_wire_c`` come later.  With nothing above switched on, each
-command costs one extra attribute test.
+The hot loop.  ``_process`` hands each received buffer to the byte kernel
+``_wire.sink_scan`` (compiled in ``_wire_c``, its pure twin in ``_wire_py``),
+which serves the common commands (MAIL, RCPT, DATA, BDAT, RSET, NOOP with
+simple arguments), DATA content (end of data and dot-unstuffing, counted) and
+BDAT chunks for the whole buffer in one call, and stops before anything else;
+the Python methods below (``_command``, ``_data``, ...) then handle that one
+item, and the kernel goes on.  They give the same replies either way (tests:
+tests/unit/test_sink_kernels.py).  The kernel steps aside entirely (``_fast``
+is False, the Python path alone runs) when messages are stored, when any
+fault is configured, when AUTH is required, and on a connection that is in
+TLS or being upgraded; it keeps no content and knows no policy.  With the
+pure twin (no compiled extension) a buffer of less than 64 bytes, a lock-step
+client's lone command, skips it: the twin costs more per call than one
+Python step.
 """
 
 from __future__ import annotations
@@ -139,6 +149,8 @@ from .sink_auth import (
     decode_plain,
 )
 from .sink_faults import FAULT_COUNTERS, Faults
+
+from ._wire import HAS_EXTENSIONS, sink_scan
 
 __all__ = ["Sink", "StoredMessage", "read_stored"]
 
@@ -247,8 +259,8 @@ def _address(arg: bytes) -> bytes:
 class _Session:
     __slots__ = (
         "sock", "inbuf", "out", "outlen", "state", "bol", "remaining", "last", "discard", "greeted",
-        "mail", "rcpts", "body_len", "too_big", "parts", "binary", "bdat_ok", "closing", "closed", "events",
-        "stalled", "tls", "wire", "held", "upgrade", "drop_armed", "active", "rng", "ncmd", "accepted",
+        "mail", "rcpts", "nrcpt", "body_len", "too_big", "parts", "binary", "bdat_ok", "closing", "closed",
+        "events", "stalled", "tls", "wire", "held", "upgrade", "drop_armed", "active", "rng", "ncmd", "accepted",
         "auth_step", "auth_user", "authed", "started", "timer",
     )
 
@@ -285,7 +297,8 @@ class _Session:
 
     def reset(self) -> None:
         self.mail: Optional[bytes] = None
-        self.rcpts: list = []
+        self.rcpts: list = []  # the RCPT lines, kept for the store
+        self.nrcpt = 0  # recipients accepted (the kernel counts without keeping lines)
         self.body_len = 0
         self.too_big = False
         self.parts: Optional[list] = None
@@ -441,6 +454,14 @@ class Sink:
         self._stopping = False
         self._thread: Optional[threading.Thread] = None
         self._queue_id = 0
+        # The kernel serves the hot loop unless a feature needs every byte or
+        # line in Python (see the module docstring).
+        self._fast = self.store is None and not self._faulty and not self.auth_required
+        self._kernel = sink_scan  # the tests swap in either twin
+        # The pure twin pays ~5 us per call in Python: it wins only with a few
+        # pipelined commands in the buffer, so a lock-step client's lone
+        # command goes straight to the Python methods (the results are the same).
+        self._scan_min = 0 if HAS_EXTENSIONS else 64
 
     @staticmethod
     def _ehlo_reply(ext: list) -> tuple:
@@ -953,7 +974,15 @@ class Sink:
         pos = 0
         cap = self.max_output
         max_line = self.max_line
+        fast = self._fast
+        scan_min = self._scan_min
         while pos < n and not s.closing and s.outlen < cap:
+            if fast and n - pos >= scan_min and not s.discard and not s.auth_step and s.tls is None:
+                pos, stop = self._scan(s, buf, pos)
+                if stop != 1:  # the input is used up (or incomplete), or the output is full
+                    break
+                # The kernel stopped before something it does not serve: one
+                # step here, then the kernel again.
             state = s.state
             if state == _CMD:
                 eol = buf.find(b"\r\n", pos)
@@ -992,6 +1021,36 @@ class Sink:
         s.stalled = pos < n and s.outlen >= cap and not s.closing
         if pos:
             del buf[:pos]
+
+    def _scan(self, s: _Session, buf: bytearray, pos: int) -> tuple:
+        """Run the kernel from ``pos``; take over its replies, counts and session state."""
+        st = [s.state, s.bol, s.remaining, s.last, s.mail is not None, s.nrcpt, s.binary, s.body_len,
+              s.too_big, s.greeted, s.bdat_ok, self._queue_id, 0, 0, 0, 0, 0]
+        pos, out, mail, stop = self._kernel(buf, pos, st, self.size, self.max_recipients, self.max_line,
+                                   self.lmtp, self.max_output - s.outlen)
+        (s.state, s.bol, s.remaining, s.last, mail_open, nrcpt, binary, body_len, too_big, _greeted,
+         s.bdat_ok, self._queue_id, n250, n354, messages, recipients, nbytes) = st
+        if not mail_open:
+            if s.mail is not None:
+                s.reset()
+        elif mail is not None:  # a transaction opened by the kernel
+            s.reset()
+            s.mail = mail
+        s.nrcpt, s.binary, s.body_len, s.too_big = nrcpt, binary, body_len, too_big
+        if out:
+            s.out.append(out)
+            s.outlen += len(out)
+            replies = self._replies
+            if n250:
+                replies[250] = replies.get(250, 0) + n250
+            if n354:
+                replies[354] = replies.get(354, 0) + n354
+            if messages:
+                counts = self._counts
+                counts["messages"] += messages
+                counts["recipients"] += recipients
+                counts["bytes"] += nbytes
+        return pos, stop
 
     def _content(self, s: _Session, buf: bytearray, start: int, end: int, length: int) -> None:
         """Account ``length`` bytes of content (``buf[start:end]``, unstuffed if DATA)."""
@@ -1065,7 +1124,7 @@ class Sink:
 
     def _finish(self, s: _Session) -> None:
         """The end of a message's content: accept it (or refuse it: too big)."""
-        nrcpt = len(s.rcpts)
+        nrcpt = s.nrcpt
         if s.too_big:
             for _ in range(nrcpt if self.lmtp else 1):
                 self._reply(s, _R_TOO_BIG)
@@ -1129,7 +1188,7 @@ class Sink:
                 self._reply(s, _R_DATA_SYNTAX)
             elif s.mail is None:
                 self._reply(s, _R_NEED_MAIL)
-            elif not s.rcpts:
+            elif not s.nrcpt:
                 self._reply(s, _R_NEED_RCPT)
             elif s.binary:
                 self._reply(s, _R_NEED_BDAT)
@@ -1140,7 +1199,7 @@ class Sink:
                 if self._dice:
                     self._maybe_drop_in_data(s)
         elif verb == b"BDAT":
-            if self._dice and s.mail is not None and s.rcpts:
+            if self._dice and s.mail is not None and s.nrcpt:
                 self._maybe_drop_in_data(s)
                 if s.drop_armed:
                     return  # the chunk is never read
@@ -1349,7 +1408,7 @@ class Sink:
         if line[5:8].upper() != b"TO:" or not _address(line[8:]):
             self._reply(s, _R_RCPT_SYNTAX)
             return
-        if len(s.rcpts) >= self.max_recipients:
+        if s.nrcpt >= self.max_recipients:
             self._reply(s, _R_TOO_MANY_RCPTS)
             return
         if self._dice and (self.faults.rcpt_refuse or self.faults.rcpt_defer):
@@ -1363,6 +1422,7 @@ class Sink:
                 self._reply(s, _R_RCPT_DEFERRED)
                 return
         s.rcpts.append(line)
+        s.nrcpt += 1
         self._reply(s, _R_RCPT_OK)
 
     def _bdat(self, s: _Session, line: bytes) -> None:
@@ -1375,7 +1435,7 @@ class Sink:
             return
         size = int(parts[1])
         s.last = len(parts) == 3
-        s.bdat_ok = s.mail is not None and bool(s.rcpts)
+        s.bdat_ok = s.mail is not None and s.nrcpt > 0
         s.remaining = size
         s.state = _BDAT
         if not size:

@@ -516,3 +516,27 @@ def test_lmtp_over_tcp_reports_every_recipient(aiosmtpd_factory):
         assert r.recipients["full@example.org"] == (452, b"4.2.2 mailbox full")
         assert r.recipients["a@example.org"][0] == 250
     assert len(srv.messages) == 4
+
+
+@pytest.mark.parametrize("burst", [1, 3])
+def test_rate_limited_fill_writes_what_it_took(burst):
+    # A fill that the rate limit stops part way has already handed messages to
+    # its connection's engine; they must be written even if no more work comes
+    # for that connection.  They once sat unwritten when the last messages went
+    # to another connection, and send_many never ended (seen in `bench --rate`).
+    from fastsmtplib.sink import Sink
+
+    with Sink(port=0) as s:
+        for run in range(4):
+            with fastsmtplib.SMTPPool("127.0.0.1", s.port, size=3, rate=400, burst=burst,
+                                      timeout=10, local_hostname="client.example") as pool:
+                got = []
+                t = threading.Thread(
+                    target=lambda: got.extend(pool.send_many(items(40))),
+                    daemon=True)
+                t.start()
+                t.join(30)  # a hang detector, not a timing assert: 40 messages at 400/s take 0.1 s
+                assert not t.is_alive(), "send_many stalled with %d of 40 results (run %d)" % (len(got), run)
+            assert sorted(r.index for r in got) == list(range(40))
+            assert all(r.status == "delivered" for r in got), [r for r in got if not r.ok][:3]
+        assert s.counts["messages"] == 160

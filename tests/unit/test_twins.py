@@ -31,7 +31,7 @@ def params(sig: inspect.Signature) -> list[tuple]:
 def test_names_are_known():
     # Guards the lists the tests below iterate over.
     assert FUNCTIONS == [
-        "dot_stuff", "dot_stuff_sized", "crlf_normalize", "encode_envelope",
+        "dot_stuff", "dot_stuff_sized", "crlf_normalize", "encode_envelope", "sink_scan",
     ]
     assert sorted(CLASS_MEMBERS) == ["feed", "in_reply", "pending", "reset"]
 
