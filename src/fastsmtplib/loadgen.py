@@ -30,10 +30,13 @@ How a run goes:
   that carried the message's first byte (its MAIL) to its final reply, as
   ``SMTPPool`` stamps them.  A message never written (its connection failed
   first) has no latency; ``latency_samples`` says how many messages had one.
-* Connection setup time is measured around each connection's handshake
-  (connect through EHLO/STARTTLS/AUTH) in the pool's connect threads; the
-  first, lone connection is one of them (``setup_ms["count"]`` is
-  ``connections + 1`` in a run where no connection failed).
+* Connection setup time is what ``SMTPPool`` reports to its ``on_connect``
+  callback for each connection that opened (connect through EHLO/STARTTLS/
+  AUTH); the first, lone connection (``SMTPPool.open_connection``) is one of
+  them (``setup_ms["count"]`` is ``connections + 1`` in a run where no
+  connection failed).  Unix sockets (``path=``) and the PIPELINING/CHUNKING
+  switches are ``SMTPPool`` options too: this module uses only the pool's
+  public interface.
 
 Memory: one float (8 bytes) per message is kept for the percentiles.
 """
@@ -45,7 +48,6 @@ import os
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -57,7 +59,6 @@ from typing import Any, Callable, Iterator, Optional
 from .lmtp import LMTP_PORT
 from .pool import SMTPPool
 from .retry import Retry
-from .smtp import SMTP
 
 __all__ = [
     "run_load",
@@ -174,64 +175,6 @@ def _error_key(r: Any) -> str:
     return "%s (%s)" % (r.status, type(exc).__name__ if exc is not None else "no reply")
 
 
-class _UnixSMTP(SMTP):
-    """SMTP over a Unix socket (``fastsmtplib.LMTP`` does this for LMTP only)."""
-
-    def _get_socket(self, host: str, port: int, timeout: Any) -> Any:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:  # type: ignore[attr-defined]
-                sock.settimeout(timeout)
-            sock.connect(host)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-
-
-class _LoadPool(SMTPPool):
-    """An ``SMTPPool`` that times each connection's handshake, can speak SMTP
-    over a Unix socket, and can turn PIPELINING/CHUNKING off."""
-
-    def __init__(self, *args: Any, unix: Optional[str] = None, pipelining: bool = True,
-                 chunking: bool = True, **kw: Any) -> None:
-        self.setup_times: list = []  # seconds per handshake (list.append is atomic)
-        self._unix = unix
-        self._pipelining = pipelining
-        self._chunking = chunking
-        super().__init__(*args, **kw)
-
-    def _connect(self) -> Any:
-        t0 = time.perf_counter()
-        if self._unix is not None and not self.lmtp:
-            conn = self._connect_unix_smtp()
-        else:
-            conn = super()._connect()
-        self.setup_times.append(time.perf_counter() - t0)
-        # Read by conn._engine() when the I/O thread takes the connection over.
-        conn.pipelining = self._pipelining
-        conn.chunking = self._chunking
-        return conn
-
-    def _connect_unix_smtp(self) -> Any:
-        timeout = self.timeout if self.timeout is not None else socket._GLOBAL_DEFAULT_TIMEOUT  # type: ignore[attr-defined]
-        conn = _UnixSMTP(local_hostname=self.local_hostname, timeout=timeout)
-        try:
-            code, msg = conn.connect(self.host, 1)  # a nonzero port: the path is not split at ':'
-            if code != 220:
-                from .errors import SMTPConnectError
-
-                raise SMTPConnectError(code, msg)
-            conn.ehlo_or_helo_if_needed()
-            if self.login is not None:
-                conn.login(*self.login)
-            conn._check_in_step()
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-
 def _describe(host: str, port: int, unix: Optional[str]) -> str:
     if unix is not None:
         return "unix:%s" % unix
@@ -310,20 +253,26 @@ def run_load(
             import ssl as _ssl
 
             context = _ssl.create_default_context()
-    target = unix if unix is not None else host
     interrupted = False
 
-    pool = _LoadPool(
-        target, port, size=connections, lmtp=lmtp, ssl=ssl, starttls=starttls, context=context,
-        login=login, timeout=timeout, local_hostname=local_hostname, unix=unix,
-        pipelining=pipelining, chunking=chunking, max_messages_per_connection=None,
-        max_connection_age=None, idle_timeout=None, noop_after=None, rate=rate,
-        retry=Retry(attempts=1), window=window,
+    setup_times: list = []  # seconds per connection that opened (list.append is atomic)
+
+    def on_connect(info: Any) -> None:
+        if info.error is None:
+            setup_times.append(info.seconds)
+
+    where: dict = {"path": unix} if unix is not None else {"host": host, "port": port}
+    pool = SMTPPool(
+        **where, size=connections, lmtp=lmtp, ssl=ssl, starttls=starttls, context=context,
+        login=login, timeout=timeout, local_hostname=local_hostname,
+        pipelining=pipelining, chunking=chunking, on_connect=on_connect,
+        max_messages_per_connection=None, max_connection_age=None, idle_timeout=None,
+        noop_after=None, rate=rate, retry=Retry(attempts=1), window=window,
     )
     try:
         # The first connection, on its own: is the server there, what does it offer?
         try:
-            conn = pool._connect()
+            conn = pool.open_connection()
         except Exception as exc:  # refused, timed out, TLS, AUTH, a 4xx/5xx greeting
             raise ServerUnreachable("%s: %s" % (_describe(host, port, unix), _reason(exc))) from None
         extensions = sorted(k.upper() for k in (conn.esmtp_features or {}))
@@ -411,7 +360,7 @@ def run_load(
     # The statuses' keys: plain strings for JSON.
     statuses = {str(getattr(k, "value", k)): v for k, v in statuses.items()}
     lat = percentiles(latencies)
-    setup = percentiles(pool.setup_times)
+    setup = percentiles(setup_times)
     transport = "unix" if unix is not None else "ssl" if ssl else "starttls" if starttls else "tcp"
     return LoadReport(
         server=_describe(host, port, unix),
@@ -429,7 +378,7 @@ def run_load(
         mb_per_s=round(delivered * msg_len / elapsed / 1e6, 3),
         latency_ms={k: round(v * 1000.0, 3) for k, v in lat.items()},
         latency_samples=len(latencies),
-        setup_ms={"count": len(pool.setup_times), "p50": round(setup["p50"] * 1000.0, 3),
+        setup_ms={"count": len(setup_times), "p50": round(setup["p50"] * 1000.0, 3),
                   "max": round(setup["max"] * 1000.0, 3)},
         errors_by_code=dict(sorted(by_code.items())),
         refused_recipients_by_code=dict(sorted(refused_rcpts.items())),

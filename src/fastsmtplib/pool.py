@@ -20,7 +20,11 @@ Shape (DESIGN.md §5)::
 * Opening a connection (connect, greeting, EHLO/LHLO, STARTTLS, AUTH) is done
   by a short-lived worker thread with the blocking ``SMTP``/``SMTP_SSL``/
   ``LMTP`` classes, so a slow handshake never stalls the loop; the socket is
-  then made non-blocking and handed to the loop.  Connections open lazily (as
+  then made non-blocking and handed to the loop.  The same thread applies
+  the ``pipelining``/``chunking`` switches to the connection (its engine
+  reads them) and reports the handshake's duration to ``on_connect``.
+  ``path`` makes it a Unix-socket connection (``_UnixSocket`` below), for
+  SMTP as for LMTP.  Connections open lazily (as
   work waits), up to ``size``, and are closed and replaced after a 421, a
   lost connection, ``max_messages_per_connection`` messages or
   ``max_connection_age`` seconds; one idle for ``idle_timeout`` is closed.
@@ -67,7 +71,7 @@ import socket
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional, Sequence, Union
 
 from . import _message
 from ._engine import (
@@ -98,7 +102,7 @@ try:
 except ImportError:  # pragma: no cover
     _ssl = None  # type: ignore[assignment]
 
-__all__ = ["SMTPPool", "PoolClosed", "SendCancelled", "SendManyRun"]
+__all__ = ["SMTPPool", "PoolClosed", "SendCancelled", "SendManyRun", "ConnectInfo"]
 
 log = logging.getLogger("fastsmtplib.pool")
 
@@ -112,6 +116,56 @@ else:  # pragma: no cover
 
 # Connection (slot) states.
 _CLOSED, _CONNECTING, _READY, _PROBING = range(4)
+
+
+class ConnectInfo(NamedTuple):
+    """What ``SMTPPool``'s ``on_connect`` callback is given, once per connection attempt."""
+
+    #: Seconds (``time.perf_counter``) from the start of the connect to the
+    #: connection being ready: TCP or Unix connect (and the TLS handshake with
+    #: ``ssl``), the greeting, EHLO/LHLO, STARTTLS and the second EHLO, AUTH;
+    #: or, when it failed, to the failure.
+    seconds: float
+    #: None: the connection is ready.  Else what made it fail (refused, timed
+    #: out, a 4xx/5xx greeting, TLS, AUTH...); the pool handles the failure.
+    error: Optional[BaseException]
+    #: The server's EHLO/LHLO keywords, lower-case, with their parameters
+    #: (``{"pipelining": "", "size": "10240000", ...}``); empty when it failed.
+    features: dict
+
+
+class _UnixSocket:
+    """Mixin for ``SMTP``/``LMTP``: the connection is made to a Unix socket path.
+
+    ``_get_socket`` is the step in which ``SMTP.connect`` makes its socket
+    (the one ``SMTP_SSL`` replaces for TLS, as smtplib's does); everything
+    after it -- the greeting, EHLO, the reader -- is the class's own.
+    """
+
+    unix_path: Union[str, bytes] = ""
+
+    def _get_socket(self, host: str, port: int, timeout: Any) -> Any:
+        if timeout is not None and not timeout:
+            raise ValueError("Non-blocking socket (timeout=0) is not supported")
+        if self.debuglevel > 0:  # type: ignore[attr-defined]
+            self._print_debug("connect: to unix socket", self.unix_path)  # type: ignore[attr-defined]
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:  # type: ignore[attr-defined]
+                sock.settimeout(timeout)
+            sock.connect(self.unix_path)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+
+class _UnixSMTP(_UnixSocket, SMTP):
+    """SMTP over a Unix socket."""
+
+
+class _UnixLMTP(_UnixSocket, LMTP):
+    """LMTP over a Unix socket given by ``path`` (any path, not only one starting with ``/``)."""
 
 
 class PoolClosed(RuntimeError):
@@ -256,14 +310,36 @@ class SMTPPool:
     """A pool of ``size`` connections to one SMTP or LMTP server.
 
     Args:
-        host, port: the server (port 0: 25, 465 with ``ssl``, 2003 with
-            ``lmtp``); with ``lmtp`` a host starting with ``/`` is a Unix socket.
+        host, port: the server (host: "localhost" when not given; port 0: 25,
+            465 with ``ssl``, 2003 with ``lmtp``); with ``lmtp`` a host
+            starting with ``/`` is also taken as a Unix socket path (kept for
+            compatibility; ``path`` says it plainly).
+        path: connect to this Unix socket path (``str``, ``bytes`` or
+            ``os.PathLike``) instead of a TCP host and port, speaking SMTP,
+            or LMTP with ``lmtp=True``.  It excludes ``host``, ``port``,
+            ``source_address``, ``ssl`` and ``starttls`` (TLS over a Unix
+            socket is not supported): any of them with ``path`` raises
+            ``ValueError``.  ``login`` works as over TCP.  ``pool.host`` and
+            ``pool.port`` are then None and ``pool.path`` is the path.
         size: most connections open at once.
         lmtp: speak LMTP (LHLO, one reply per recipient after the data).
         ssl: implicit TLS (``SMTP_SSL``); ``starttls``: STARTTLS after EHLO.
         context: the ``ssl.SSLContext`` for either (default: a verifying one).
         login: ``(user, password)`` to AUTH with on every connection.
         local_hostname, source_address: as for ``SMTP``.
+        pipelining, chunking: True (the default): use PIPELINING (RFC 2920)
+            and CHUNKING/BDAT (RFC 3030) when the server advertises them
+            (and the ``SMTP`` class's switch of the same name is on).  False:
+            never use it on any of the pool's connections, even if advertised
+            (one command per write and a wait for each reply; DATA instead of
+            BDAT).  Set on each connection as it is opened.
+        on_connect: ``callable(ConnectInfo)``, called once per connection
+            attempt, right after it succeeded or failed, with the time its
+            setup took (connect, greeting, EHLO/LHLO, STARTTLS, AUTH) and the
+            error if it failed.  It runs on the thread that opened the
+            connection (a pool worker thread, or the caller of
+            ``open_connection``) before the connection is used: keep it quick
+            and thread-safe.  An exception it raises is logged and ignored.
         timeout: seconds for connecting and for each reply (None: RFC 5321's
             per-command reply timeouts, and no connect timeout).
         max_messages_per_connection: a connection is replaced after this many
@@ -282,9 +358,10 @@ class SMTPPool:
 
     def __init__(
         self,
-        host: str = "localhost",
+        host: Optional[str] = None,
         port: int = 0,
         *,
+        path: Union[str, bytes, "os.PathLike[str]", None] = None,
         size: int = 8,
         lmtp: bool = False,
         ssl: bool = False,
@@ -304,7 +381,22 @@ class SMTPPool:
         window: int = 32,
         queue_size: Optional[int] = None,
         max_in_flight: Optional[int] = None,
+        pipelining: bool = True,
+        chunking: bool = True,
+        on_connect: Optional[Callable[[ConnectInfo], Any]] = None,
     ) -> None:
+        if path is not None:
+            path = os.fspath(path)
+            if not path:
+                raise ValueError("path must not be empty")
+            if host is not None or port:
+                raise ValueError("give host/port or path, not both")
+            if ssl or starttls:
+                raise ValueError("TLS over a Unix socket (path with ssl/starttls) is not supported")
+            if source_address is not None:
+                raise ValueError("source_address does not apply to a Unix socket (path)")
+        if on_connect is not None and not callable(on_connect):
+            raise TypeError("on_connect must be callable or None")
         if size < 1:
             raise ValueError("size must be at least 1")
         if window < 1:
@@ -317,8 +409,15 @@ class SMTPPool:
             raise ValueError("rate must be positive or None")
         if max_messages_per_connection is not None and max_messages_per_connection < 1:
             raise ValueError("max_messages_per_connection must be at least 1 or None")
-        self.host = host
-        self.port = port or (LMTP_PORT if lmtp else SMTP_SSL_PORT if ssl else SMTP_PORT)
+        self.path = path
+        if path is None:
+            self.host: Optional[str] = host if host is not None else "localhost"
+            self.port: Optional[int] = port or (LMTP_PORT if lmtp else SMTP_SSL_PORT if ssl else SMTP_PORT)
+        else:
+            self.host = self.port = None
+        self.pipelining = bool(pipelining)
+        self.chunking = bool(chunking)
+        self.on_connect = on_connect
         self.size = size
         self.lmtp = lmtp
         self.ssl = ssl
@@ -1035,17 +1134,67 @@ class SMTPPool:
         self._handshakes.append((slot, gen, outcome))
         self._wake()
 
+    def open_connection(self) -> Any:
+        """Open one connection as the pool opens its own, outside the pool.
+
+        Blocking, on the calling thread: connect, greeting, EHLO/LHLO,
+        STARTTLS, AUTH, then the ``pipelining``/``chunking`` switches, and
+        ``on_connect`` is called as for the pool's connections.  Returns the
+        ``SMTP``/``SMTP_SSL``/``LMTP`` object, which the caller owns (``quit()``
+        or ``close()`` it); the pool never uses it.  For probing a server
+        before a run (what it advertises: ``esmtp_features``).  Raises what
+        the failed step raised (``OSError``, ``SMTPConnectError``, TLS and
+        AUTH errors...).
+        """
+        return self._connect()
+
     def _connect(self) -> Any:
+        """Open one connection; report it to ``on_connect`` (either thread)."""
+        on_connect = self.on_connect
+        if on_connect is None:
+            return self._open()
+        t0 = time.perf_counter()
+        try:
+            conn = self._open()
+        except BaseException as exc:
+            self._report_connect(on_connect, ConnectInfo(time.perf_counter() - t0, exc, {}))
+            raise
+        self._report_connect(on_connect, ConnectInfo(time.perf_counter() - t0, None,
+                                                     dict(conn.esmtp_features or {})))
+        return conn
+
+    @staticmethod
+    def _report_connect(on_connect: Callable[[ConnectInfo], Any], info: ConnectInfo) -> None:
+        try:
+            on_connect(info)
+        except Exception:  # a monitoring hook must not fail a connection
+            log.exception("on_connect callback raised; ignored")
+
+    def _open(self) -> Any:
         timeout = self.timeout if self.timeout is not None else socket._GLOBAL_DEFAULT_TIMEOUT  # type: ignore[attr-defined]
-        if self.lmtp:
-            conn: Any = LMTP(local_hostname=self.local_hostname, source_address=self.source_address, timeout=timeout)
+        host, port = self.host, self.port
+        if self.path is not None:
+            conn: Any = (_UnixLMTP if self.lmtp else _UnixSMTP)(local_hostname=self.local_hostname, timeout=timeout)
+            conn.unix_path = self.path
+            # The socket is made from unix_path; "localhost" is the name
+            # SMTP.connect remembers (as LMTP does for its Unix sockets), and
+            # a nonzero port keeps it from looking for a ":port" in it.
+            host, port = "localhost", LMTP_PORT if self.lmtp else SMTP_PORT
+        elif self.lmtp:
+            conn = LMTP(local_hostname=self.local_hostname, source_address=self.source_address, timeout=timeout)
         elif self.ssl:
             conn = SMTP_SSL(local_hostname=self.local_hostname, timeout=timeout,
                             source_address=self.source_address, context=self.context)
         else:
             conn = SMTP(local_hostname=self.local_hostname, timeout=timeout, source_address=self.source_address)
+        # Read by conn.engine() when the I/O thread takes the connection over.
+        # Only a False is set: True leaves the SMTP class's own switch in force.
+        if not self.pipelining:
+            conn.pipelining = False
+        if not self.chunking:
+            conn.chunking = False
         try:
-            code, msg = conn.connect(self.host, self.port)
+            code, msg = conn.connect(host, port)
             if code != 220:
                 from .errors import SMTPConnectError
 
