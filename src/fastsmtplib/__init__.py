@@ -31,7 +31,7 @@ from .errors import (
 from .smtp import _MAXCHALLENGE, SMTP, SMTP_PORT, SMTP_SSL, SMTP_SSL_PORT
 from .lmtp import LMTP, LMTP_PORT
 from .retry import Retry
-from .pool import PoolClosed, SendCancelled, SendManyRun, SMTPPool
+from .pool import ConnectInfo, PoolClosed, SendCancelled, SendManyRun, SMTPPool
 from ._engine import SendResult, Status
 
 try:
@@ -61,6 +61,7 @@ __all__ = [
     "SendManyRun",
     "SendCancelled",
     "PoolClosed",
+    "ConnectInfo",
     "SendResult",
     "Status",
     "Retry",
