@@ -36,7 +36,8 @@ Commits use ``synchronous=FULL``: a commit is on disk when ``commit()``
 returns, so the rule holds across a power cut, not only a killed process.
 
 Only one run may use a journal at a time: :class:`Journal` holds an exclusive
-``fcntl`` lock on a side file (``FILE.db.lock``) for its lifetime; the kernel
+``fcntl`` lock on a side file (``FILE.db.lock``, next to the file a symlink
+names) for its lifetime; the kernel
 drops it when the process dies, so a SIGKILL leaves no stale lock.  Readers
 (``fastsmtplib report``) take no lock: WAL lets them read while a run writes.
 """
@@ -159,7 +160,9 @@ class Journal:
     def _lock(self) -> None:
         if fcntl is None:  # pragma: no cover
             return
-        lockpath = self.path + ".lock"
+        # Named after the real path: the same database reached through a
+        # symlink (to it or to a directory above it) must find the same lock.
+        lockpath = os.path.realpath(self.path) + ".lock"
         fd = os.open(lockpath, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
