@@ -44,6 +44,7 @@ attempt, so a resent ``uncertain`` message can be recognised downstream.
 from __future__ import annotations
 
 import csv
+import email.utils
 import hashlib
 import os
 import re
@@ -382,7 +383,8 @@ class Campaign:
         self._batch = SEND_BATCH
         self._outcomes: list = []  # recorded with the next commit
         self._last_commit = 0.0
-        domain = from_addr.rpartition("@")[2].strip("<> ") or "fastsmtplib.invalid"
+        # The address's domain, whatever display name or comment --from has.
+        domain = email.utils.parseaddr(from_addr)[1].rpartition("@")[2] or "fastsmtplib.invalid"
         self._mid_domain = domain
 
     def __repr__(self) -> str:  # never shows the login

@@ -674,3 +674,29 @@ def test_fault_injecting_sink_retries_refusals_drops(tmp_path, capsys, parts):
             assert state == "uncertain" and got[addr] <= 1
     assert sum(1 for s, c, n in journal.values() if s == "delivered" and n > 1) > 0  # retried, then delivered
     assert st["delivered"] == len(stored) - sum(1 for a in got if journal[a][0] == "uncertain")
+
+
+@pytest.mark.parametrize("from_addr", ["News <news@example.org>", "news@example.org (News)"])
+def test_display_name_from_signs_for_its_domain(tmp_path, capsys, from_addr):
+    # --dkim-domain defaults to --from's domain: with a display name (or a
+    # comment) that is still example.org, and the Message-ID's domain too.
+    dkim = pytest.importorskip("dkim")
+    pem, record = _dkim_key("rsa")
+    keyfile = tmp_path / "dkim.pem"
+    keyfile.write_bytes(pem)
+    text = tmp_path / "body.txt"
+    text.write_text("Hello {{name}}!\n", encoding="utf-8")
+    src = write_csv(tmp_path / "list.csv", people(3))
+    with Sink(port=0, store=tmp_path / "store") as sink:
+        code, summary, err = run_json(
+            capsys, "send", "--recipients", src, "--subject", "News", "--text", text, "--from", from_addr,
+            "--server", "127.0.0.1:%d" % sink.port, "--dkim-key", keyfile, "--dkim-selector", "sel1")
+        stored = sink.stored()
+    assert code == 0, err
+    assert len(stored) == 3
+    for m in stored:
+        assert m.mail_from == FROM
+        msg = parse(m.content)
+        assert msg["Message-ID"].endswith("@example.org>")
+        assert dkim.verify(m.content, dnsfunc=lambda name, timeout=5: record
+                           if name == b"sel1._domainkey.example.org." else None), msg["DKIM-Signature"]
