@@ -178,7 +178,9 @@ class _Records:
             raise CampaignInputError("%s: the header line names no columns" % self.path)
         seen = set()
         for h in header:
-            if h in seen:
+            # Unnamed columns (a spreadsheet's formatted but empty ones) are
+            # no merge field: several of them are no conflict.
+            if h in seen and h:
                 raise CampaignInputError("%s: column %r appears twice in the header" % (self.path, h))
             seen.add(h)
         return header

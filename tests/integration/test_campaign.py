@@ -700,3 +700,17 @@ def test_display_name_from_signs_for_its_domain(tmp_path, capsys, from_addr):
         assert msg["Message-ID"].endswith("@example.org>")
         assert dkim.verify(m.content, dnsfunc=lambda name, timeout=5: record
                            if name == b"sel1._domainkey.example.org." else None), msg["DKIM-Signature"]
+
+
+def test_spreadsheet_export_with_empty_trailing_columns(tmp_path, capsys, parts):
+    # Spreadsheets export a column whose cells were only formatted as an
+    # unnamed column, often several: they are no merge field and no error.
+    path = tmp_path / "list.csv"
+    path.write_bytes(b"\xef\xbb\xbfemail,name,,,\r\na@example.net,A,,,\r\nb@example.net,B,,,\r\n")
+    with Sink(port=0, store=tmp_path / "store") as sink:
+        code, summary, err = run_json(capsys, "send", "--recipients", path, *parts,
+                                      "--server", "127.0.0.1:%d" % sink.port)
+        stored = sink.stored()
+    assert code == 0, err
+    assert summary["states"]["delivered"] == 2
+    assert sorted(r for m in stored for r in m.recipients) == ["a@example.net", "b@example.net"]
