@@ -137,19 +137,22 @@ class Journal:
         self._lockfd: Optional[int] = None
         self._lock()
         try:
-            self.conn = _connect(self.path)
             try:
+                self.conn = _connect(self.path)
                 mode = self.conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             except sqlite3.DatabaseError as exc:
                 raise JournalError("%s: not a campaign journal (%s)" % (self.path, exc)) from None
             if mode.lower() != "wal":  # pragma: no cover - e.g. a filesystem without shared memory
                 raise JournalError("%s: cannot use WAL mode (got %s)" % (self.path, mode))
-            self.conn.execute("PRAGMA synchronous=FULL")
-            self.conn.executescript(_SCHEMA)
-            version = self.get("schema")
-            if version is None:
-                self.set_meta({"schema": SCHEMA_VERSION})
-            elif version != SCHEMA_VERSION:
+            try:
+                self.conn.execute("PRAGMA synchronous=FULL")
+                self.conn.executescript(_SCHEMA)
+                version = self.get("schema")
+                if version is None:
+                    self.set_meta({"schema": SCHEMA_VERSION})
+            except sqlite3.DatabaseError as exc:  # e.g. a read-only file or directory
+                raise JournalError("%s: cannot write the journal (%s)" % (self.path, exc)) from None
+            if version is not None and version != SCHEMA_VERSION:
                 raise JournalError("%s: journal schema %s, this version reads %s" % (self.path, version, SCHEMA_VERSION))
         except BaseException:
             self.close()

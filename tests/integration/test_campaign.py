@@ -714,3 +714,11 @@ def test_spreadsheet_export_with_empty_trailing_columns(tmp_path, capsys, parts)
     assert code == 0, err
     assert summary["states"]["delivered"] == 2
     assert sorted(r for m in stored for r in m.recipients) == ["a@example.net", "b@example.net"]
+
+
+def test_journal_that_cannot_be_opened_exit_2(tmp_path, capsys, parts):
+    src = write_csv(tmp_path / "list.csv", people(1))
+    (tmp_path / "adir").mkdir()
+    code, out, err = run(capsys, "send", "--recipients", src, *parts, "--journal", tmp_path / "adir")
+    assert code == 2, err
+    assert "cannot use journal" in err and "Traceback" not in err

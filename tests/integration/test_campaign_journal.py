@@ -88,3 +88,14 @@ def test_lock_holds_through_a_symlink(tmp_path):
     with Journal(tmp_path / "link.db"):
         with pytest.raises(JournalLocked):
             Journal(tmp_path / "real" / "j.db")
+
+
+def test_unopenable_journal_is_a_journal_error(tmp_path):
+    # A directory (or a file SQLite cannot open) is a clear JournalError
+    # (exit 2 in the command line), not a raw sqlite3 error; no lock is kept.
+    (tmp_path / "dir.db").mkdir()
+    with pytest.raises(JournalError, match="dir.db"):
+        Journal(tmp_path / "dir.db")
+    (tmp_path / "dir.db").rmdir()
+    with Journal(tmp_path / "dir.db") as j:
+        assert j.counts()["pending"] == 0
