@@ -136,6 +136,41 @@ def _file_digest(path: str) -> str:
     return h.hexdigest()
 
 
+def _physical_lines(f: Any, size: int = 1 << 16) -> Iterator[bytes]:
+    """The lines of binary file ``f``, each with its end: CRLF, LF or a bare CR.
+
+    Iterating a binary file splits at LF only, so a file with bare CR line
+    ends (Excel for Mac's "CSV (Macintosh)") would come as one line, read
+    whole into memory and refused by the csv module.  A CRLF split across
+    two reads stays one line end.
+    """
+    partial: list = []  # the pieces of a line whose end has not been read yet
+    while True:
+        chunk = f.read(size)
+        if not chunk:
+            break
+        lines = chunk.splitlines(True)
+        if partial and partial[-1].endswith(b"\r"):
+            if lines[0] == b"\n":  # the LF of a CRLF that straddled the reads
+                partial.append(lines.pop(0))
+            yield b"".join(partial)
+            partial = []
+            if not lines:
+                continue
+        last = lines.pop()
+        for line in lines:
+            if partial:
+                line = b"".join(partial) + line
+                partial = []
+            yield line
+        partial.append(last)
+        if last.endswith(b"\n"):
+            yield b"".join(partial)
+            partial = []
+    if partial:
+        yield b"".join(partial)
+
+
 class _Records:
     """The CSV's records as ``(row, {column: value})``, streamed (``row`` from 1).
 
@@ -157,7 +192,7 @@ class _Records:
     def _lines(self) -> Iterator[str]:
         # Decoded line by line (not by the io layer's chunks) so that bad
         # UTF-8 is reported with its line number.
-        for number, line in enumerate(self._f, 1):
+        for number, line in enumerate(_physical_lines(self._f), 1):
             if number == 1 and line.startswith(b"\xef\xbb\xbf"):
                 line = line[3:]  # a byte order mark, as spreadsheets write
             try:

@@ -722,3 +722,19 @@ def test_journal_that_cannot_be_opened_exit_2(tmp_path, capsys, parts):
     code, out, err = run(capsys, "send", "--recipients", src, *parts, "--journal", tmp_path / "adir")
     assert code == 2, err
     assert "cannot use journal" in err and "Traceback" not in err
+
+
+def test_csv_with_bare_cr_line_ends(tmp_path, capsys, parts):
+    # Excel for Mac's "CSV (Macintosh)" ends lines with a bare CR; a quoted
+    # field may still hold a line break.
+    path = tmp_path / "list.csv"
+    path.write_bytes(b"email,name\ra@example.net,A\rb@example.net,\"B\rsecond line\"\r\rc@example.net,C")
+    with Sink(port=0, store=tmp_path / "store") as sink:
+        code, summary, err = run_json(capsys, "send", "--recipients", path, *parts,
+                                      "--server", "127.0.0.1:%d" % sink.port)
+        stored = sink.stored()
+    assert code == 0, err
+    assert summary["states"]["delivered"] == 3 and summary["total"] == 3
+    got = by_recipient(stored)
+    assert sorted(got) == ["a@example.net", "b@example.net", "c@example.net"]
+    assert "Hello B\r\nsecond line!" in bodies(parse(got["b@example.net"][0].content))["text/plain"]
