@@ -654,15 +654,19 @@ class Campaign:
                 context=self.context, login=self._login, timeout=self.timeout, rate=self.rate,
                 retry=self.retry, local_hostname=self.local_hostname, window=window,
             )
-            self._pool = pool
-            if self._stop_reason is not None:
-                pool.close(wait=False)
             inflight: dict = {}
             pending_out = self._outcomes = []
             self._last_commit = time.monotonic()
             consecutive = 0
             try:
+                # The run is made while the pool is still open (send_many
+                # refuses a closed pool); only then may stop() close it, for a
+                # stop that came before (during the import or the server
+                # check) or that comes at any later instant.
                 results = pool.send_many(self._messages(journal, inflight), max_in_flight=limit)
+                self._pool = pool
+                if self._stop_reason is not None:
+                    pool.close(wait=False)
                 for result in results:
                     row = inflight.pop(result.index)
                     state, code, text, conn_level = _outcome(result)

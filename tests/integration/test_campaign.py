@@ -738,3 +738,28 @@ def test_csv_with_bare_cr_line_ends(tmp_path, capsys, parts):
     got = by_recipient(stored)
     assert sorted(got) == ["a@example.net", "b@example.net", "c@example.net"]
     assert "Hello B\r\nsecond line!" in bodies(parse(got["b@example.net"][0].content))["text/plain"]
+
+
+def test_stop_before_sending_starts_is_a_clean_pause(tmp_path):
+    # A SIGINT/SIGTERM while the CSV is imported or the server checked (a
+    # slow start) pauses the run like one during sending: exit 1, nothing sent.
+    from fastsmtplib.campaign import Campaign
+    from fastsmtplib.merge import Template
+
+    src = write_csv(tmp_path / "list.csv", people(5))
+    template = Template.from_parts("Hi {{name}}", text="Hello {{name}}\n", from_addr=FROM)
+
+    class StoppedEarly(Campaign):
+        def _check_server(self):
+            super()._check_server()
+            self.stop("interrupted by SIGINT")
+
+    with Sink(port=0, store=tmp_path / "store") as sink:
+        summary = StoppedEarly(src, template, FROM, host=sink.host, port=sink.port).run()
+        assert summary.paused == "interrupted by SIGINT"
+        assert summary.exit_code == 1
+        assert summary.states["pending"] == 5
+        assert sink.stored() == []
+        summary = Campaign(src, template, FROM, host=sink.host, port=sink.port, resume=True).run()
+        assert summary.exit_code == 0 and summary.states["delivered"] == 5
+        assert len(sink.stored()) == 5
