@@ -471,6 +471,17 @@ class Campaign:
         if self.address_column not in header:
             missing.append(self.address_column)
         needed = set(getattr(self.template, "fields", ()) or ())
+        if self.unsubscribe_url:
+            # The URL template's fields are merge fields too (to_addr is the
+            # recipient's address): checked now, not row by row while sending
+            # (a dry run would call every row invalid and exit 0).
+            from .merge import _split_placeholders
+
+            try:
+                pieces = _split_placeholders(self.unsubscribe_url)
+            except ValueError as exc:  # an unknown filter
+                raise CampaignInputError("--unsubscribe-url: %s" % exc) from None
+            needed.update(p[0] for p in pieces[1::2] if p[0] != "to_addr")
         missing += sorted(f for f in needed if f not in header and f != self.address_column)
         if missing:
             raise CampaignInputError(
@@ -829,6 +840,7 @@ class Campaign:
             with Journal(self.journal_path) as journal:
                 self._prepare(journal)
                 self._import(journal)
+                self._check_message()  # as a real run does: a broken message is exit 2
                 self._sendable = frozenset(("pending",))
                 todo = journal.counts()["pending"]
                 if self.progress:

@@ -763,3 +763,29 @@ def test_stop_before_sending_starts_is_a_clean_pause(tmp_path):
         summary = Campaign(src, template, FROM, host=sink.host, port=sink.port, resume=True).run()
         assert summary.exit_code == 0 and summary.states["delivered"] == 5
         assert len(sink.stored()) == 5
+
+
+def test_unsubscribe_url_fields_missing_exit_2_also_in_a_dry_run(tmp_path, capsys, parts):
+    # The URL template's fields are merge fields: checked before anything,
+    # named, exit 2 -- a dry run must not call every row invalid and exit 0.
+    src = write_csv(tmp_path / "list.csv", people(3))
+    url = "https://example.org/u?id={{ sub_id }}&e={{ to_addr }}"
+    for extra in (["--dry-run", tmp_path / "out"], ["--journal", tmp_path / "j.db"]):
+        code, out, err = run(capsys, "send", "--recipients", src, *parts, "--unsubscribe-url", url, *extra)
+        assert code == 2, (extra, out, err)
+        assert "sub_id" in err and "to_addr" not in err
+    assert not (tmp_path / "j.db").exists()  # refused before the journal was made
+    code, out, err = run(capsys, "send", "--recipients", src, *parts, "--unsubscribe-url",
+                         "https://example.org/u?e={{ email | bogus }}", "--dry-run", tmp_path / "out")
+    assert code == 2 and "bogus" in err
+
+
+def test_dry_run_refuses_a_message_the_real_run_refuses(tmp_path, capsys, parts):
+    src = write_csv(tmp_path / "list.csv", people(3))
+    for extra in (["--unsubscribe-mailto", "not an address"], ["--unsubscribe-url", "ftp://example.org/u"]):
+        code, out, err = run(capsys, "send", "--recipients", src, *parts, *extra, "--dry-run", tmp_path / "out")
+        assert code == 2, (extra, out, err)
+        assert "cannot build the message" in err
+        code, out, err = run(capsys, "send", "--recipients", src, *parts, *extra, "--journal", tmp_path / "j.db")
+        assert code == 2, (extra, out, err)
+    assert not os.listdir(tmp_path / "out")
