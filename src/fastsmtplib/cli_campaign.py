@@ -277,6 +277,8 @@ def _dkim(args: argparse.Namespace) -> Any:
     key = _read(args.dkim_key, "--dkim-key")
     try:
         return dkim_sign.DkimSigner(key, args.dkim_selector, domain)
+    except ImportError as exc:  # the extra is not installed: a usage error (exit 2), with the fix
+        raise CampaignInputError("--dkim-key: %s" % exc) from None
     except (ValueError, TypeError) as exc:
         raise CampaignInputError("--dkim-key %s: %s" % (args.dkim_key, exc)) from None
 

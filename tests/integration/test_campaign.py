@@ -789,3 +789,17 @@ def test_dry_run_refuses_a_message_the_real_run_refuses(tmp_path, capsys, parts)
         code, out, err = run(capsys, "send", "--recipients", src, *parts, *extra, "--journal", tmp_path / "j.db")
         assert code == 2, (extra, out, err)
     assert not os.listdir(tmp_path / "out")
+
+
+def test_dkim_without_the_extra_exit_2(tmp_path, capsys, parts, monkeypatch):
+    from fastsmtplib import dkim_sign
+
+    monkeypatch.setattr(dkim_sign, "_IMPORT_ERROR", ImportError("No module named 'dkim'"))
+    src = write_csv(tmp_path / "list.csv", people(1))
+    key = tmp_path / "k.pem"
+    key.write_bytes(b"unused")
+    code, out, err = run(capsys, "send", "--recipients", src, *parts, "--dkim-key", key,
+                         "--dkim-selector", "s1", "--journal", tmp_path / "j.db")
+    assert code == 2, err
+    assert "pip install" in err
+    assert not (tmp_path / "j.db").exists()
