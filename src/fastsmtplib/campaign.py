@@ -44,6 +44,7 @@ attempt, so a resent ``uncertain`` message can be recognised downstream.
 from __future__ import annotations
 
 import csv
+import email.utils
 import hashlib
 import os
 import re
@@ -135,6 +136,41 @@ def _file_digest(path: str) -> str:
     return h.hexdigest()
 
 
+def _physical_lines(f: Any, size: int = 1 << 16) -> Iterator[bytes]:
+    """The lines of binary file ``f``, each with its end: CRLF, LF or a bare CR.
+
+    Iterating a binary file splits at LF only, so a file with bare CR line
+    ends (Excel for Mac's "CSV (Macintosh)") would come as one line, read
+    whole into memory and refused by the csv module.  A CRLF split across
+    two reads stays one line end.
+    """
+    partial: list = []  # the pieces of a line whose end has not been read yet
+    while True:
+        chunk = f.read(size)
+        if not chunk:
+            break
+        lines = chunk.splitlines(True)
+        if partial and partial[-1].endswith(b"\r"):
+            if lines[0] == b"\n":  # the LF of a CRLF that straddled the reads
+                partial.append(lines.pop(0))
+            yield b"".join(partial)
+            partial = []
+            if not lines:
+                continue
+        last = lines.pop()
+        for line in lines:
+            if partial:
+                line = b"".join(partial) + line
+                partial = []
+            yield line
+        partial.append(last)
+        if last.endswith(b"\n"):
+            yield b"".join(partial)
+            partial = []
+    if partial:
+        yield b"".join(partial)
+
+
 class _Records:
     """The CSV's records as ``(row, {column: value})``, streamed (``row`` from 1).
 
@@ -156,7 +192,7 @@ class _Records:
     def _lines(self) -> Iterator[str]:
         # Decoded line by line (not by the io layer's chunks) so that bad
         # UTF-8 is reported with its line number.
-        for number, line in enumerate(self._f, 1):
+        for number, line in enumerate(_physical_lines(self._f), 1):
             if number == 1 and line.startswith(b"\xef\xbb\xbf"):
                 line = line[3:]  # a byte order mark, as spreadsheets write
             try:
@@ -177,7 +213,9 @@ class _Records:
             raise CampaignInputError("%s: the header line names no columns" % self.path)
         seen = set()
         for h in header:
-            if h in seen:
+            # Unnamed columns (a spreadsheet's formatted but empty ones) are
+            # no merge field: several of them are no conflict.
+            if h in seen and h:
                 raise CampaignInputError("%s: column %r appears twice in the header" % (self.path, h))
             seen.add(h)
         return header
@@ -382,7 +420,8 @@ class Campaign:
         self._batch = SEND_BATCH
         self._outcomes: list = []  # recorded with the next commit
         self._last_commit = 0.0
-        domain = from_addr.rpartition("@")[2].strip("<> ") or "fastsmtplib.invalid"
+        # The address's domain, whatever display name or comment --from has.
+        domain = email.utils.parseaddr(from_addr)[1].rpartition("@")[2] or "fastsmtplib.invalid"
         self._mid_domain = domain
 
     def __repr__(self) -> str:  # never shows the login
@@ -432,6 +471,17 @@ class Campaign:
         if self.address_column not in header:
             missing.append(self.address_column)
         needed = set(getattr(self.template, "fields", ()) or ())
+        if self.unsubscribe_url:
+            # The URL template's fields are merge fields too (to_addr is the
+            # recipient's address): checked now, not row by row while sending
+            # (a dry run would call every row invalid and exit 0).
+            from .merge import _split_placeholders
+
+            try:
+                pieces = _split_placeholders(self.unsubscribe_url)
+            except ValueError as exc:  # an unknown filter
+                raise CampaignInputError("--unsubscribe-url: %s" % exc) from None
+            needed.update(p[0] for p in pieces[1::2] if p[0] != "to_addr")
         missing += sorted(f for f in needed if f not in header and f != self.address_column)
         if missing:
             raise CampaignInputError(
@@ -615,15 +665,19 @@ class Campaign:
                 context=self.context, login=self._login, timeout=self.timeout, rate=self.rate,
                 retry=self.retry, local_hostname=self.local_hostname, window=window,
             )
-            self._pool = pool
-            if self._stop_reason is not None:
-                pool.close(wait=False)
             inflight: dict = {}
             pending_out = self._outcomes = []
             self._last_commit = time.monotonic()
             consecutive = 0
             try:
+                # The run is made while the pool is still open (send_many
+                # refuses a closed pool); only then may stop() close it, for a
+                # stop that came before (during the import or the server
+                # check) or that comes at any later instant.
                 results = pool.send_many(self._messages(journal, inflight), max_in_flight=limit)
+                self._pool = pool
+                if self._stop_reason is not None:
+                    pool.close(wait=False)
                 for result in results:
                     row = inflight.pop(result.index)
                     state, code, text, conn_level = _outcome(result)
@@ -786,6 +840,7 @@ class Campaign:
             with Journal(self.journal_path) as journal:
                 self._prepare(journal)
                 self._import(journal)
+                self._check_message()  # as a real run does: a broken message is exit 2
                 self._sendable = frozenset(("pending",))
                 todo = journal.counts()["pending"]
                 if self.progress:

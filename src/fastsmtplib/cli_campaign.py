@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import email.utils
 import json
 import os
 import signal
@@ -269,12 +270,15 @@ def _dkim(args: argparse.Namespace) -> Any:
         return None
     if not (args.dkim_key and args.dkim_selector):
         raise CampaignInputError("DKIM needs --dkim-key and --dkim-selector (--dkim-domain defaults to --from's domain)")
-    domain = args.dkim_domain or args.from_addr.rpartition("@")[2]
+    # The address's domain, not the tail of "Name <addr>" or "addr (comment)".
+    domain = args.dkim_domain or email.utils.parseaddr(args.from_addr)[1].rpartition("@")[2]
     from . import dkim_sign
 
     key = _read(args.dkim_key, "--dkim-key")
     try:
         return dkim_sign.DkimSigner(key, args.dkim_selector, domain)
+    except ImportError as exc:  # the extra is not installed: a usage error (exit 2), with the fix
+        raise CampaignInputError("--dkim-key: %s" % exc) from None
     except (ValueError, TypeError) as exc:
         raise CampaignInputError("--dkim-key %s: %s" % (args.dkim_key, exc)) from None
 

@@ -36,7 +36,8 @@ Commits use ``synchronous=FULL``: a commit is on disk when ``commit()``
 returns, so the rule holds across a power cut, not only a killed process.
 
 Only one run may use a journal at a time: :class:`Journal` holds an exclusive
-``fcntl`` lock on a side file (``FILE.db.lock``) for its lifetime; the kernel
+``fcntl`` lock on a side file (``FILE.db.lock``, next to the file a symlink
+names) for its lifetime; the kernel
 drops it when the process dies, so a SIGKILL leaves no stale lock.  Readers
 (``fastsmtplib report``) take no lock: WAL lets them read while a run writes.
 """
@@ -136,19 +137,22 @@ class Journal:
         self._lockfd: Optional[int] = None
         self._lock()
         try:
-            self.conn = _connect(self.path)
             try:
+                self.conn = _connect(self.path)
                 mode = self.conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             except sqlite3.DatabaseError as exc:
                 raise JournalError("%s: not a campaign journal (%s)" % (self.path, exc)) from None
             if mode.lower() != "wal":  # pragma: no cover - e.g. a filesystem without shared memory
                 raise JournalError("%s: cannot use WAL mode (got %s)" % (self.path, mode))
-            self.conn.execute("PRAGMA synchronous=FULL")
-            self.conn.executescript(_SCHEMA)
-            version = self.get("schema")
-            if version is None:
-                self.set_meta({"schema": SCHEMA_VERSION})
-            elif version != SCHEMA_VERSION:
+            try:
+                self.conn.execute("PRAGMA synchronous=FULL")
+                self.conn.executescript(_SCHEMA)
+                version = self.get("schema")
+                if version is None:
+                    self.set_meta({"schema": SCHEMA_VERSION})
+            except sqlite3.DatabaseError as exc:  # e.g. a read-only file or directory
+                raise JournalError("%s: cannot write the journal (%s)" % (self.path, exc)) from None
+            if version is not None and version != SCHEMA_VERSION:
                 raise JournalError("%s: journal schema %s, this version reads %s" % (self.path, version, SCHEMA_VERSION))
         except BaseException:
             self.close()
@@ -159,7 +163,9 @@ class Journal:
     def _lock(self) -> None:
         if fcntl is None:  # pragma: no cover
             return
-        lockpath = self.path + ".lock"
+        # Named after the real path: the same database reached through a
+        # symlink (to it or to a directory above it) must find the same lock.
+        lockpath = os.path.realpath(self.path) + ".lock"
         fd = os.open(lockpath, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -502,7 +502,9 @@ def _compile_part(
         return items
     if part.get_content_maintype() == "text" and not part.is_attachment():
         params = [
-            (k, str(v)) for k, v in part.get_params()[1:] if k.lower() != "charset"
+            # No Content-Type at all is text/plain by default (RFC 2045 §5.2):
+            # get_params() is then None.
+            (k, str(v)) for k, v in (part.get_params() or [])[1:] if k.lower() != "charset"
         ]
         return [
             _TextPart(

@@ -674,3 +674,132 @@ def test_fault_injecting_sink_retries_refusals_drops(tmp_path, capsys, parts):
             assert state == "uncertain" and got[addr] <= 1
     assert sum(1 for s, c, n in journal.values() if s == "delivered" and n > 1) > 0  # retried, then delivered
     assert st["delivered"] == len(stored) - sum(1 for a in got if journal[a][0] == "uncertain")
+
+
+@pytest.mark.parametrize("from_addr", ["News <news@example.org>", "news@example.org (News)"])
+def test_display_name_from_signs_for_its_domain(tmp_path, capsys, from_addr):
+    # --dkim-domain defaults to --from's domain: with a display name (or a
+    # comment) that is still example.org, and the Message-ID's domain too.
+    dkim = pytest.importorskip("dkim")
+    pem, record = _dkim_key("rsa")
+    keyfile = tmp_path / "dkim.pem"
+    keyfile.write_bytes(pem)
+    text = tmp_path / "body.txt"
+    text.write_text("Hello {{name}}!\n", encoding="utf-8")
+    src = write_csv(tmp_path / "list.csv", people(3))
+    with Sink(port=0, store=tmp_path / "store") as sink:
+        code, summary, err = run_json(
+            capsys, "send", "--recipients", src, "--subject", "News", "--text", text, "--from", from_addr,
+            "--server", "127.0.0.1:%d" % sink.port, "--dkim-key", keyfile, "--dkim-selector", "sel1")
+        stored = sink.stored()
+    assert code == 0, err
+    assert len(stored) == 3
+    for m in stored:
+        assert m.mail_from == FROM
+        msg = parse(m.content)
+        assert msg["Message-ID"].endswith("@example.org>")
+        assert dkim.verify(m.content, dnsfunc=lambda name, timeout=5: record
+                           if name == b"sel1._domainkey.example.org." else None), msg["DKIM-Signature"]
+
+
+def test_spreadsheet_export_with_empty_trailing_columns(tmp_path, capsys, parts):
+    # Spreadsheets export a column whose cells were only formatted as an
+    # unnamed column, often several: they are no merge field and no error.
+    path = tmp_path / "list.csv"
+    path.write_bytes(b"\xef\xbb\xbfemail,name,,,\r\na@example.net,A,,,\r\nb@example.net,B,,,\r\n")
+    with Sink(port=0, store=tmp_path / "store") as sink:
+        code, summary, err = run_json(capsys, "send", "--recipients", path, *parts,
+                                      "--server", "127.0.0.1:%d" % sink.port)
+        stored = sink.stored()
+    assert code == 0, err
+    assert summary["states"]["delivered"] == 2
+    assert sorted(r for m in stored for r in m.recipients) == ["a@example.net", "b@example.net"]
+
+
+def test_journal_that_cannot_be_opened_exit_2(tmp_path, capsys, parts):
+    src = write_csv(tmp_path / "list.csv", people(1))
+    (tmp_path / "adir").mkdir()
+    code, out, err = run(capsys, "send", "--recipients", src, *parts, "--journal", tmp_path / "adir")
+    assert code == 2, err
+    assert "cannot use journal" in err and "Traceback" not in err
+
+
+def test_csv_with_bare_cr_line_ends(tmp_path, capsys, parts):
+    # Excel for Mac's "CSV (Macintosh)" ends lines with a bare CR; a quoted
+    # field may still hold a line break.
+    path = tmp_path / "list.csv"
+    path.write_bytes(b"email,name\ra@example.net,A\rb@example.net,\"B\rsecond line\"\r\rc@example.net,C")
+    with Sink(port=0, store=tmp_path / "store") as sink:
+        code, summary, err = run_json(capsys, "send", "--recipients", path, *parts,
+                                      "--server", "127.0.0.1:%d" % sink.port)
+        stored = sink.stored()
+    assert code == 0, err
+    assert summary["states"]["delivered"] == 3 and summary["total"] == 3
+    got = by_recipient(stored)
+    assert sorted(got) == ["a@example.net", "b@example.net", "c@example.net"]
+    assert "Hello B\r\nsecond line!" in bodies(parse(got["b@example.net"][0].content))["text/plain"]
+
+
+def test_stop_before_sending_starts_is_a_clean_pause(tmp_path):
+    # A SIGINT/SIGTERM while the CSV is imported or the server checked (a
+    # slow start) pauses the run like one during sending: exit 1, nothing sent.
+    from fastsmtplib.campaign import Campaign
+    from fastsmtplib.merge import Template
+
+    src = write_csv(tmp_path / "list.csv", people(5))
+    template = Template.from_parts("Hi {{name}}", text="Hello {{name}}\n", from_addr=FROM)
+
+    class StoppedEarly(Campaign):
+        def _check_server(self):
+            super()._check_server()
+            self.stop("interrupted by SIGINT")
+
+    with Sink(port=0, store=tmp_path / "store") as sink:
+        summary = StoppedEarly(src, template, FROM, host=sink.host, port=sink.port).run()
+        assert summary.paused == "interrupted by SIGINT"
+        assert summary.exit_code == 1
+        assert summary.states["pending"] == 5
+        assert sink.stored() == []
+        summary = Campaign(src, template, FROM, host=sink.host, port=sink.port, resume=True).run()
+        assert summary.exit_code == 0 and summary.states["delivered"] == 5
+        assert len(sink.stored()) == 5
+
+
+def test_unsubscribe_url_fields_missing_exit_2_also_in_a_dry_run(tmp_path, capsys, parts):
+    # The URL template's fields are merge fields: checked before anything,
+    # named, exit 2 -- a dry run must not call every row invalid and exit 0.
+    src = write_csv(tmp_path / "list.csv", people(3))
+    url = "https://example.org/u?id={{ sub_id }}&e={{ to_addr }}"
+    for extra in (["--dry-run", tmp_path / "out"], ["--journal", tmp_path / "j.db"]):
+        code, out, err = run(capsys, "send", "--recipients", src, *parts, "--unsubscribe-url", url, *extra)
+        assert code == 2, (extra, out, err)
+        assert "sub_id" in err and "to_addr" not in err
+    assert not (tmp_path / "j.db").exists()  # refused before the journal was made
+    code, out, err = run(capsys, "send", "--recipients", src, *parts, "--unsubscribe-url",
+                         "https://example.org/u?e={{ email | bogus }}", "--dry-run", tmp_path / "out")
+    assert code == 2 and "bogus" in err
+
+
+def test_dry_run_refuses_a_message_the_real_run_refuses(tmp_path, capsys, parts):
+    src = write_csv(tmp_path / "list.csv", people(3))
+    for extra in (["--unsubscribe-mailto", "not an address"], ["--unsubscribe-url", "ftp://example.org/u"]):
+        code, out, err = run(capsys, "send", "--recipients", src, *parts, *extra, "--dry-run", tmp_path / "out")
+        assert code == 2, (extra, out, err)
+        assert "cannot build the message" in err
+        code, out, err = run(capsys, "send", "--recipients", src, *parts, *extra, "--journal", tmp_path / "j.db")
+        assert code == 2, (extra, out, err)
+    assert not os.listdir(tmp_path / "out")
+
+
+def test_dkim_without_the_extra_exit_2(tmp_path, capsys, parts, monkeypatch):
+    from fastsmtplib import dkim_sign
+
+    monkeypatch.setattr(dkim_sign, "_IMPORT_ERROR", ImportError("No module named 'dkim'"))
+    src = write_csv(tmp_path / "list.csv", people(1))
+    key = tmp_path / "k.pem"
+    key.write_bytes(b"unused")
+    code, out, err = run(capsys, "send", "--recipients", src, *parts, "--dkim-key", key,
+                         "--dkim-selector", "s1", "--journal", tmp_path / "j.db")
+    assert code == 2, err
+    assert "pip install" in err
+    assert not (tmp_path / "j.db").exists()

@@ -72,3 +72,30 @@ def test_not_a_journal(tmp_path):
     sqlite3.connect(other).execute("CREATE TABLE t(x)").connection.commit()
     with pytest.raises(JournalError):
         open_readonly(other)
+
+
+def test_lock_holds_through_a_symlink(tmp_path):
+    # The same database reached by another name (a symlink to it, or to its
+    # directory) is the same journal: a second run must not get it.
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link.db").symlink_to(tmp_path / "real" / "j.db")
+    (tmp_path / "dirlink").symlink_to(tmp_path / "real")
+    with Journal(tmp_path / "real" / "j.db"):
+        with pytest.raises(JournalLocked):
+            Journal(tmp_path / "link.db")
+        with pytest.raises(JournalLocked):
+            Journal(tmp_path / "dirlink" / "j.db")
+    with Journal(tmp_path / "link.db"):
+        with pytest.raises(JournalLocked):
+            Journal(tmp_path / "real" / "j.db")
+
+
+def test_unopenable_journal_is_a_journal_error(tmp_path):
+    # A directory (or a file SQLite cannot open) is a clear JournalError
+    # (exit 2 in the command line), not a raw sqlite3 error; no lock is kept.
+    (tmp_path / "dir.db").mkdir()
+    with pytest.raises(JournalError, match="dir.db"):
+        Journal(tmp_path / "dir.db")
+    (tmp_path / "dir.db").rmdir()
+    with Journal(tmp_path / "dir.db") as j:
+        assert j.counts()["pending"] == 0

@@ -438,3 +438,19 @@ def test_from_eml_keeps_an_attached_message_whole():
     att = list(msg.iter_parts())[1].get_content()
     assert att["Subject"] == "inner {{ x }}"
     assert att.get_content() == "inner body {{ x }}\r\n"
+
+
+@pytest.mark.parametrize("eml", [
+    # No Content-Type at all: text/plain by default (RFC 2045 §5.2).
+    b"From: news@example.com\nSubject: Hi {{ name }}\n\nHello {{ name }}\n",
+    # A multipart whose part has no headers: the same default for the part.
+    b"From: news@example.com\nSubject: Hi {{ name }}\nMIME-Version: 1.0\n"
+    b'Content-Type: multipart/mixed; boundary="B"\n\n--B\n\nHello {{ name }}\n--B--\n',
+])
+def test_template_without_content_type_is_text_plain(eml):
+    t = Template.from_bytes(eml)
+    msg = parse(t.render({"name": "Zoë"}, to_addr="a@example.org"))
+    assert msg["Subject"] == "Hi Zoë"
+    body = msg.get_body(("plain",))
+    assert body.get_content_type() == "text/plain"
+    assert body.get_content().rstrip() == "Hello Zoë"
