@@ -256,12 +256,29 @@ def _address(arg: bytes) -> bytes:
     return arg.split(b" ", 1)[0]
 
 
+def _bdat_args(line: bytes) -> Optional[tuple]:
+    """``BDAT size [LAST]`` -> ``(size, last)``, or None when malformed (RFC 3030 §2).
+
+    A size of more than 18 digits (an exabyte) is no size a client can send,
+    and ``int()`` refuses more than 4300 digits (``max_line`` may let that
+    many through): malformed.
+    """
+    parts = line.split()
+    if not 2 <= len(parts) <= 3 or not parts[1].isdigit() or (
+            len(parts) == 3 and parts[2].upper() != b"LAST"):
+        return None
+    digits = parts[1].lstrip(b"0")
+    if len(digits) > 18:
+        return None
+    return int(digits or b"0"), len(parts) == 3
+
+
 class _Session:
     __slots__ = (
         "sock", "inbuf", "out", "outlen", "state", "bol", "remaining", "last", "discard", "greeted",
         "mail", "rcpts", "nrcpt", "body_len", "too_big", "parts", "binary", "bdat_ok", "closing", "closed",
         "events", "stalled", "tls", "wire", "held", "upgrade", "drop_armed", "active", "rng", "ncmd", "accepted",
-        "auth_step", "auth_user", "authed", "started", "timer",
+        "auth_step", "auth_user", "authed", "started", "timer", "dropped",
     )
 
     def __init__(self, sock: socket.socket) -> None:
@@ -272,6 +289,7 @@ class _Session:
         self.timer = 0.0  # delay: when this session's one timer (in Sink._timers) fires; 0: none
         self.upgrade = False  # STARTTLS answered: switch to TLS once the 220 is on its way
         self.drop_armed = False  # drop_in_data: close as soon as this message's content arrives
+        self.dropped = False  # drop_in_data happened: owed replies go out, then close
         self.active = 0.0  # monotonic time of the last read or send that made progress
         self.rng: Any = None  # fault dice (sink_faults.Faults.rng)
         self.ncmd = 0  # commands seen (reply_421_at)
@@ -716,7 +734,7 @@ class Sink:
                 self._sel.unregister(s.sock)
             except (KeyError, ValueError):
                 pass
-        if s.tls is not None and s.tls.ready and not s.wire:
+        if s.tls is not None and s.tls.ready and not s.wire and not s.dropped:
             try:  # best effort: tell the client the TLS stream ended on purpose
                 s.sock.send(s.tls.close_notify())
             except OSError:
@@ -729,11 +747,18 @@ class Sink:
         s.tls = None
 
     def _drop(self, s: _Session, counter: str) -> None:
-        """An injected hang-up: close at once, replies owed or not."""
+        """An injected hang-up in a message's content: no reply to it, nothing more read.
+
+        The replies already owed to the commands before it (MAIL, RCPT, the
+        354) still go out, then the connection closes without close_notify
+        (``_close`` sees ``drop_armed``): a client that pipelined them with
+        the content must see what the counters say it was told.
+        """
         self._counts[counter] += 1
-        s.wire = bytearray()  # no close_notify either: this is a dropped line
-        s.tls = None
-        self._close(s)
+        s.dropped = True
+        s.closing = True
+        s.stalled = False
+        s.inbuf = bytearray()
 
     def _sendable(self, s: _Session) -> bool:
         if s.tls is None:
@@ -865,7 +890,9 @@ class Sink:
             s.active = self._now
             self._counts["bytes_in"] += len(chunk)
             if s.drop_armed:  # drop_in_data: this read holds part of the content
-                self._drop(s, "fault_dropped_in_data")
+                if not s.dropped:
+                    self._drop(s, "fault_dropped_in_data")
+                    self._flush(s)
                 return
             if s.tls is not None:
                 t = s.tls
@@ -959,7 +986,7 @@ class Sink:
             s.greeted = False
             s.authed = False
             s.auth_step = _AUTH_NONE
-        elif s.drop_armed:
+        elif s.drop_armed and not s.dropped:
             if s.inbuf:  # the content came with the command: drop now
                 self._drop(s, "fault_dropped_in_data")
             else:
@@ -995,12 +1022,12 @@ class Sink:
                     continue
                 if eol < 0:
                     if n - pos >= max_line:  # no CRLF within max_line bytes: too long already
-                        self._reply(s, _R_TOO_LONG)
+                        self._too_long(s)
                         s.discard = True
                         pos = n - 1 if buf[n - 1] == 13 else n
                     break
                 if eol + 2 - pos > max_line:
-                    self._reply(s, _R_TOO_LONG)
+                    self._too_long(s)
                     pos = eol + 2
                     continue
                 line = bytes(buf[pos:eol])
@@ -1021,6 +1048,18 @@ class Sink:
         s.stalled = pos < n and s.outlen >= cap and not s.closing
         if pos:
             del buf[:pos]
+
+    def _too_long(self, s: _Session) -> None:
+        """A line over ``max_line``: 500; inside an AUTH exchange that final reply ends it.
+
+        The client takes the 500 as the end of its AUTH (RFC 4954 §4: any
+        reply but 334 is final), so the next line it sends is a command: it
+        must not be read as the answer to the old challenge.
+        """
+        if s.auth_step:
+            s.auth_step = _AUTH_NONE
+            s.auth_user = b""
+        self._reply(s, _R_TOO_LONG)
 
     def _scan(self, s: _Session, buf: bytearray, pos: int) -> tuple:
         """Run the kernel from ``pos``; take over its replies, counts and session state."""
@@ -1202,6 +1241,12 @@ class Sink:
             if self._dice and s.mail is not None and s.nrcpt:
                 self._maybe_drop_in_data(s)
                 if s.drop_armed:
+                    args = _bdat_args(line)
+                    if args is None or not args[0]:
+                        # No content will come to hang up in (BDAT 0, or a line
+                        # not read as BDAT): hang up now, or the client waits
+                        # for its reply until the idle timeout.
+                        self._drop(s, "fault_dropped_in_data")
                     return  # the chunk is never read
             self._bdat(s, line)
         elif verb == b"EHLO" or verb == b"HELO" or verb == b"LHLO":
@@ -1385,7 +1430,10 @@ class Sink:
                 if not value.isdigit():
                     self._reply(s, _R_BAD_SIZE)
                     return
-                if int(value) > self.size:
+                # Compared by length first: int() refuses more than 4300
+                # digits (ValueError), and max_line may let that many through.
+                digits = value.lstrip(b"0")
+                if len(digits) > len(str(self.size)) or int(digits or b"0") > self.size:
                     self._reply(s, _R_TOO_BIG)
                     return
             elif key == b"BODY":
@@ -1426,15 +1474,13 @@ class Sink:
         self._reply(s, _R_RCPT_OK)
 
     def _bdat(self, s: _Session, line: bytes) -> None:
-        parts = line.split()
-        if not 2 <= len(parts) <= 3 or not parts[1].isdigit() or (
-                len(parts) == 3 and parts[2].upper() != b"LAST"):
+        args = _bdat_args(line)
+        if args is None:
             # Without a valid size the chunk cannot be skipped: the stream is lost
             # (RFC 3030 §2: the client must not send the chunk after a bad BDAT).
             self._reply(s, _R_BDAT_SYNTAX)
             return
-        size = int(parts[1])
-        s.last = len(parts) == 3
+        size, s.last = args
         s.bdat_ok = s.mail is not None and s.nrcpt > 0
         s.remaining = size
         s.state = _BDAT
