@@ -181,3 +181,25 @@ def test_drop_in_data_still_sends_the_replies_owed_before_the_content(tls):
     assert codes == counts["replies"]
     assert codes.get(550, 0) == counts["fault_rcpt_refused"] >= 1
     assert len(seen) == 2 + 1 + 8  # greeting, EHLO, MAIL, the RCPTs; nothing for the BDAT
+
+
+# -- bench --compare --timeout ------------------------------------------------------------
+
+
+def test_compare_honours_timeout():
+    """``--timeout`` was accepted with ``--compare`` and ignored (every client waited 30 s)."""
+    import json
+    import subprocess
+    import sys
+
+    with Sink(port=0, delay=3.0) as s:  # every reply, the greeting first, comes after 3 s
+        p = subprocess.run(
+            [sys.executable, "-m", "fastsmtplib", "bench", "--compare", "%s:%d" % (s.host, s.port),
+             "--timeout", "0.3", "-n", "1", "-c", "1", "--json", "-q"],
+            capture_output=True, text=True, timeout=25)
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    cases = json.loads(p.stdout)["cases"]
+    assert len(cases) >= 5
+    for case in cases:  # none waited for the greeting: each gave up at the 0.3 s timeout
+        assert case["error"] and case["delivered"] == 0, case
+    assert all("time" in c["error"].lower() for c in cases if "SMTPPool" not in c["name"]), cases
