@@ -8,7 +8,8 @@ refuses) mail and keeps nothing unless asked to (``store=DIR``)::
         ...
         s.counts                             # {"connections": 1, "messages": ..., "replies": {250: ...}}
     Sink(path="/tmp/lmtp.sock", lmtp=True)   # LMTP on a Unix socket
-    Sink(port=0, store="/tmp/mail")          # one file per accepted message (see read_stored)
+    Sink(port=0, store="/tmp/mail")          # one file per accepted message (see read_stored);
+                                             # one that cannot be written gets 451 (store_failed)
 
 Also ``fastsmtplib sink`` on the command line.
 
@@ -94,7 +95,8 @@ was injected):
 - ``drop_after`` (N): each connection is closed without a word right after
   its Nth accepted message was answered (``fault_dropped_after``).
 - ``drop_in_data`` (share): the connection is closed, with no reply, while
-  the message's content arrives (after ``354``; at ``BDAT``)
+  the message's content arrives (after ``354``; at ``BDAT``, at once for a
+  ``BDAT 0``); replies owed to the commands before it still go out first
   (``fault_dropped_in_data``).
 - ``reply_421_at`` (N): the Nth command of each connection gets ``421 4.3.2``
   and the connection is closed (``fault_421``).
@@ -213,6 +215,7 @@ _R_RCPT_REFUSED = (550, b"550 5.1.1 Error: recipient address rejected (injected 
 _R_RCPT_DEFERRED = (451, b"451 4.3.0 Error: recipient deferred, try again later (injected fault)\r\n")
 _R_421_FAULT = (421, b"421 4.3.2 Error: service shutting down (injected fault)\r\n")
 _R_IDLE = (421, b"421 4.4.2 Error: timeout exceeded\r\n")
+_R_STORE_FAILED = (451, b"451 4.3.0 Error: cannot store the message\r\n")
 
 # AUTH exchange steps (a _Session's auth_step).
 _AUTH_NONE, _AUTH_PLAIN, _AUTH_LOGIN_USER, _AUTH_LOGIN_PASS = 0, 1, 2, 3
@@ -457,7 +460,7 @@ class Sink:
         self._counts: dict = {"connections": 0, "refused": 0, "active": 0, "messages": 0,
                               "recipients": 0, "bytes": 0, "bytes_in": 0,
                               "tls_handshakes": 0, "tls_failed": 0, "starttls_discarded": 0,
-                              "auth_ok": 0, "auth_failed": 0, "idle_timeouts": 0}
+                              "auth_ok": 0, "auth_failed": 0, "idle_timeouts": 0, "store_failed": 0}
         for key in FAULT_COUNTERS:
             self._counts[key] = 0
         self._timers: list = []  # heap of (due, seq, session): delayed replies to release
@@ -517,7 +520,9 @@ class Sink:
         (encrypted bytes under TLS), ``tls_handshakes`` completed,
         ``tls_failed`` handshakes or TLS streams that failed,
         ``starttls_discarded`` plaintext bytes thrown away after STARTTLS,
-        ``auth_ok`` / ``auth_failed`` AUTH exchanges, ``idle_timeouts``, one
+        ``auth_ok`` / ``auth_failed`` AUTH exchanges, ``idle_timeouts``,
+        ``store_failed`` messages refused with 451 because ``store`` could
+        not write them, one
         ``fault_*`` counter per injected fault (module docstring), and
         ``replies``: ``{code: number of replies sent with it}`` (an LMTP
         data reply counts once per recipient).
@@ -1177,12 +1182,22 @@ class Sink:
             return
         self._queue_id += 1
         qid = self._queue_id
+        if self.store is not None:
+            try:
+                self._write_store(s, qid)
+            except OSError:
+                # Disk full, directory gone...: this message is refused for
+                # now (RFC 5321 §4.2.2: 451 local error), the loop and the
+                # other connections go on.
+                self._counts["store_failed"] += 1
+                for _ in range(nrcpt if self.lmtp else 1):
+                    self._reply(s, _R_STORE_FAILED)
+                s.reset()
+                return
         counts = self._counts
         counts["messages"] += 1
         counts["recipients"] += nrcpt
         counts["bytes"] += s.body_len
-        if self.store is not None:
-            self._write_store(s, qid)
         reply = (250, b"250 2.0.0 Ok: queued as %08X\r\n" % qid)
         for _ in range(nrcpt if self.lmtp else 1):
             self._reply(s, reply)
@@ -1201,8 +1216,15 @@ class Sink:
         head.extend(s.rcpts)
         data = b"\r\n".join(head) + b"\r\n\r\n" + b"".join(s.parts or ())
         tmp = self.store / ("%08X.tmp" % qid)
-        tmp.write_bytes(data)
-        os.replace(tmp, self.store / ("%08X.msg" % qid))
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, self.store / ("%08X.msg" % qid))
+        except OSError:
+            try:  # no half-written file left behind
+                tmp.unlink()
+            except OSError:
+                pass
+            raise
 
     def _command(self, s: _Session, line: bytes) -> None:
         if s.auth_step:

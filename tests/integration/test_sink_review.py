@@ -203,3 +203,36 @@ def test_compare_honours_timeout():
     for case in cases:  # none waited for the greeting: each gave up at the 0.3 s timeout
         assert case["error"] and case["delivered"] == 0, case
     assert all("time" in c["error"].lower() for c in cases if "SMTPPool" not in c["name"]), cases
+
+
+# -- store: a write that fails refuses that message, the sink goes on ----------------------
+
+
+@pytest.mark.parametrize("lmtp", [False, True], ids=["smtp", "lmtp"])
+def test_store_write_failure_is_451_not_the_end_of_the_sink(tmp_path, lmtp):
+    """An OSError writing the message went up through the loop: the sink stopped for everyone."""
+    import shutil
+    import smtplib
+
+    import fastsmtplib
+
+    store = tmp_path / "store"
+    with Sink(port=0, store=store, lmtp=lmtp) as s:
+        def send(to):
+            c = fastsmtplib.LMTP(s.host, s.port, timeout=10) if lmtp else smtplib.SMTP(s.host, s.port, timeout=10)
+            with c:
+                return c.sendmail("a@example.org", to, b"Subject: x\r\n\r\nbody\r\n")
+
+        assert send(["b@example.org"]) == {}
+        shutil.rmtree(store)  # the directory is gone: the next write fails
+        with pytest.raises((smtplib.SMTPDataError, smtplib.SMTPRecipientsRefused)) as info:
+            send(["c@example.org", "d@example.org"])
+        exc = info.value
+        codes = [exc.smtp_code] if isinstance(exc, smtplib.SMTPDataError) else [v[0] for v in exc.recipients.values()]
+        assert codes and all(code == 451 for code in codes), exc
+        assert s._thread.is_alive()
+        store.mkdir()
+        assert send(["e@example.org"]) == {}
+        counts = wait_idle(s)
+    assert (counts["messages"], counts["store_failed"]) == (2, 1)
+    assert [m.recipients for m in s.stored()] == [["e@example.org"]]
