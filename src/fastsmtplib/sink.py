@@ -43,7 +43,9 @@ arguments):
   The input held meanwhile is at most one ``recv`` (``recv_size``, 256 KiB)
   plus one partial line.
 - ``max_connections`` (1000): a client past it gets ``421 4.7.0 Error: too
-  many connections`` and is closed.
+  many connections`` and is closed.  If the process runs out of file
+  descriptors first (``ulimit -n``), accepting pauses for 0.1 s at a time
+  (clients wait in the listen backlog) instead of spinning the loop.
 - DATA content is never buffered beyond what one read brought (unless it is
   being stored), and at most 4 bytes of a possibly split terminator are kept.
 
@@ -165,6 +167,7 @@ MAX_OUTPUT = 256 * 1024
 MAX_CONNECTIONS = 1000
 RECV_SIZE = 256 * 1024
 IDLE_TIMEOUT = 300.0  # RFC 5321 §4.5.3.2.7: at least 5 minutes for a command
+ACCEPT_PAUSE = 0.1  # seconds the listener is left alone when accept() runs out of descriptors
 
 _CMD, _DATA, _BDAT = 0, 1, 2
 _WAKE = object()
@@ -467,6 +470,7 @@ class Sink:
         self._timer_seq = 0
         self._now = time.monotonic()
         self._next_idle_check = 0.0
+        self._accept_paused = 0.0  # accepting resumes at this time (0: not paused; see _accept)
         self._sessions: set = set()
         self._sel: Optional[selectors.BaseSelector] = None
         self._lsock: Optional[socket.socket] = None
@@ -619,6 +623,8 @@ class Sink:
                 timeout = 0.5
                 if timers:
                     timeout = min(timeout, max(0.0, timers[0][0] - time.monotonic()))
+                if self._accept_paused:
+                    timeout = min(timeout, max(0.0, self._accept_paused - time.monotonic()))
                 events = sel.select(timeout)
                 self._now = now = time.monotonic()
                 for key, mask in events:
@@ -640,6 +646,9 @@ class Sink:
                     s.timer = 0.0
                     if not s.closed:
                         self._flush(s)
+                if self._accept_paused and now >= self._accept_paused:
+                    self._accept_paused = 0.0
+                    sel.register(self._lsock, selectors.EVENT_READ, None)  # type: ignore[arg-type]
                 if now >= self._next_idle_check:
                     self._check_idle(now)
         finally:
@@ -693,7 +702,14 @@ class Sink:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED):
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of descriptors or memory: the pending connection stays
+                    # in the backlog and the listener stays readable, so the loop
+                    # would spin at full CPU.  Stop watching it for a while.
+                    self._sel.unregister(self._lsock)  # type: ignore[union-attr]
+                    self._accept_paused = self._now + ACCEPT_PAUSE
+                    return
+                if exc.errno == errno.ECONNABORTED:
                     return
                 raise
             conn.setblocking(False)

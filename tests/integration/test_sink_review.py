@@ -236,3 +236,52 @@ def test_store_write_failure_is_451_not_the_end_of_the_sink(tmp_path, lmtp):
         counts = wait_idle(s)
     assert (counts["messages"], counts["store_failed"]) == (2, 1)
     assert [m.recipients for m in s.stored()] == [["e@example.org"]]
+
+
+# -- out of file descriptors: no busy loop --------------------------------------------------
+
+_EMFILE_SCRIPT = r"""
+import os, resource, socket, time
+from fastsmtplib.sink import Sink
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+s = Sink(port=0)
+s.bind()
+calls = [0]
+real = s._sel.select
+def counting(timeout=None):
+    calls[0] += 1
+    return real(timeout)
+s._sel.select = counting
+s.start()
+socks = []
+try:  # the client ends use this process's descriptors too: accept() soon gets EMFILE
+    for _ in range(200):
+        socks.append(socket.create_connection((s.host, s.port), timeout=5))
+except OSError:
+    pass
+time.sleep(0.2)
+before = calls[0]
+time.sleep(0.5)
+spins = calls[0] - before
+for k in socks[:20]:
+    k.close()
+deadline = time.monotonic() + 5
+while not s._sessions and time.monotonic() < deadline:
+    time.sleep(0.02)
+print(spins, len(s._sessions), s._thread.is_alive(), flush=True)
+os._exit(0)
+"""
+
+
+def test_out_of_descriptors_pauses_accepting_instead_of_spinning():
+    """accept() failing with EMFILE left the listener readable: ~10^5 select() calls a second."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    p = subprocess.run([sys.executable, "-c", _EMFILE_SCRIPT], capture_output=True, text=True, timeout=30, env=env)
+    spins, sessions, alive = p.stdout.split()
+    # Paused: a select() per 0.1 s pause (and a few more); spinning: tens of thousands.
+    assert int(spins) < 200, p.stdout
+    assert int(sessions) > 0 and alive == "True", p.stdout  # accepting resumed once descriptors freed
