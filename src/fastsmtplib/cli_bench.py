@@ -413,7 +413,8 @@ def _compare(args: argparse.Namespace) -> int:
     try:
         report = run_compare(host, port or 25, server=args.start_server or "sink",
                              messages=args.messages or DEFAULT_MESSAGES, size=args.size, rcpts=args.rcpts,
-                             connections=args.connections, pin=not args.no_pin, progress=progress)
+                             connections=args.connections, pin=not args.no_pin, progress=progress,
+                             timeout=args.timeout)
     except OSError as exc:
         print("%s: cannot reach the server: %s" % (PROG, exc), file=sys.stderr)
         return EXIT_UNREACHABLE

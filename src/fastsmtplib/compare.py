@@ -100,9 +100,9 @@ def _split(n: int, k: int) -> list:
 # -- the cases: each sends n messages and returns how many were accepted --------------------
 
 
-def _stdlib_loop(host: str, port: int, n: int, make: Callable, to: list, k: int) -> int:
+def _stdlib_loop(host: str, port: int, n: int, make: Callable, to: list, k: int, timeout: float = 30.0) -> int:
     ok = 0
-    with smtplib.SMTP(host, port, "compare.fastsmtplib.invalid", timeout=30) as c:
+    with smtplib.SMTP(host, port, "compare.fastsmtplib.invalid", timeout=timeout) as c:
         for i in range(n):
             if not c.sendmail(FROM_ADDR, to, make(i)):
                 ok += 1
@@ -110,13 +110,13 @@ def _stdlib_loop(host: str, port: int, n: int, make: Callable, to: list, k: int)
 
 
 def _threads(factory: Callable) -> Callable:
-    def case(host: str, port: int, n: int, make: Callable, to: list, k: int) -> int:
+    def case(host: str, port: int, n: int, make: Callable, to: list, k: int, timeout: float = 30.0) -> int:
         counts = [0] * k
         errors: list = []
 
         def work(slot: int, start: int, count: int) -> None:
             try:
-                with factory(host, port, "compare.fastsmtplib.invalid", timeout=30) as c:
+                with factory(host, port, "compare.fastsmtplib.invalid", timeout=timeout) as c:
                     for i in range(start, start + count):
                         if not c.sendmail(FROM_ADDR, to, make(i)):
                             counts[slot] += 1
@@ -140,13 +140,13 @@ def _threads(factory: Callable) -> Callable:
 
 
 def _aiosmtplib(tasks: Optional[int]) -> Callable:
-    def case(host: str, port: int, n: int, make: Callable, to: list, k: int) -> int:
+    def case(host: str, port: int, n: int, make: Callable, to: list, k: int, timeout: float = 30.0) -> int:
         import aiosmtplib
 
         async def one(start: int, count: int) -> int:
             ok = 0
             c = aiosmtplib.SMTP(hostname=host, port=port, local_hostname="compare.fastsmtplib.invalid",
-                                timeout=30, start_tls=False)
+                                timeout=timeout, start_tls=False)
             await c.connect()
             try:
                 for i in range(start, start + count):
@@ -167,28 +167,28 @@ def _aiosmtplib(tasks: Optional[int]) -> Callable:
     return case
 
 
-def _fast_loop(host: str, port: int, n: int, make: Callable, to: list, k: int) -> int:
+def _fast_loop(host: str, port: int, n: int, make: Callable, to: list, k: int, timeout: float = 30.0) -> int:
     import fastsmtplib
 
     ok = 0
-    with fastsmtplib.SMTP(host, port, "compare.fastsmtplib.invalid", timeout=30) as c:
+    with fastsmtplib.SMTP(host, port, "compare.fastsmtplib.invalid", timeout=timeout) as c:
         for i in range(n):
             if not c.sendmail(FROM_ADDR, to, make(i)):
                 ok += 1
     return ok
 
 
-def _fast_send_many(host: str, port: int, n: int, make: Callable, to: list, k: int) -> int:
+def _fast_send_many(host: str, port: int, n: int, make: Callable, to: list, k: int, timeout: float = 30.0) -> int:
     import fastsmtplib
 
-    with fastsmtplib.SMTP(host, port, "compare.fastsmtplib.invalid", timeout=30) as c:
+    with fastsmtplib.SMTP(host, port, "compare.fastsmtplib.invalid", timeout=timeout) as c:
         return sum(1 for r in c.send_many((FROM_ADDR, to, make(i)) for i in range(n)) if r.ok)
 
 
-def _fast_pool(host: str, port: int, n: int, make: Callable, to: list, k: int) -> int:
+def _fast_pool(host: str, port: int, n: int, make: Callable, to: list, k: int, timeout: float = 30.0) -> int:
     import fastsmtplib
 
-    with fastsmtplib.SMTPPool(host, port, size=k, local_hostname="compare.fastsmtplib.invalid", timeout=30,
+    with fastsmtplib.SMTPPool(host, port, size=k, local_hostname="compare.fastsmtplib.invalid", timeout=timeout,
                               max_messages_per_connection=None, retry=fastsmtplib.Retry(attempts=1)) as pool:
         return sum(1 for r in pool.send_many((FROM_ADDR, to, make(i)) for i in range(n)) if r.ok)
 
@@ -286,6 +286,7 @@ def run_compare(
     pin: bool = True,
     only: Optional[list] = None,
     progress: Optional[Callable[[str], None]] = None,
+    timeout: float = 30.0,
 ) -> CompareReport:
     """Run every case against one server; return the table's rows.
 
@@ -297,6 +298,7 @@ def run_compare(
         pin: pin the started server and this process to different CPUs.
         only: run only the cases with these names.
         progress: called with each case's name before it runs.
+        timeout: seconds every client waits to connect and for each reply.
 
     Raises:
         RuntimeError: the server could not be started.
@@ -304,6 +306,8 @@ def run_compare(
     """
     if messages < 1 or size < 1 or rcpts < 1 or connections < 1:
         raise ValueError("messages, size, rcpts and connections must be at least 1")
+    if not timeout > 0:
+        raise ValueError("timeout must be a positive number of seconds, got %r" % (timeout,))
     srv: Any = None
     if host is None:
         if server == "sink":
@@ -326,7 +330,7 @@ def run_compare(
             pinned = "server CPU %d, client CPU %s" % (srv.cpu, ",".join(map(str, client)))
         else:
             # Fail before any case runs when the server is not there.
-            socket.create_connection((host, port), timeout=10).close()
+            socket.create_connection((host, port), timeout=min(10.0, timeout)).close()
         make = make_message(size)
         to = ["rcpt%d@%s" % (i + 1, RCPT_DOMAIN) for i in range(rcpts)]
         rows: list = []
@@ -339,7 +343,7 @@ def run_compare(
             err = None
             c0, t0 = _cpu(), time.perf_counter()
             try:
-                ok = func(host, port, messages, make, to, connections)
+                ok = func(host, port, messages, make, to, connections, timeout)
             except Exception as exc:
                 ok, err = 0, "%s: %s" % (type(exc).__name__, exc)
             t1, c1 = time.perf_counter(), _cpu()

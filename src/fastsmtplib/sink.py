@@ -8,7 +8,8 @@ refuses) mail and keeps nothing unless asked to (``store=DIR``)::
         ...
         s.counts                             # {"connections": 1, "messages": ..., "replies": {250: ...}}
     Sink(path="/tmp/lmtp.sock", lmtp=True)   # LMTP on a Unix socket
-    Sink(port=0, store="/tmp/mail")          # one file per accepted message (see read_stored)
+    Sink(port=0, store="/tmp/mail")          # one file per accepted message (see read_stored);
+                                             # one that cannot be written gets 451 (store_failed)
 
 Also ``fastsmtplib sink`` on the command line.
 
@@ -42,7 +43,9 @@ arguments):
   The input held meanwhile is at most one ``recv`` (``recv_size``, 256 KiB)
   plus one partial line.
 - ``max_connections`` (1000): a client past it gets ``421 4.7.0 Error: too
-  many connections`` and is closed.
+  many connections`` and is closed.  If the process runs out of file
+  descriptors first (``ulimit -n``), accepting pauses for 0.1 s at a time
+  (clients wait in the listen backlog) instead of spinning the loop.
 - DATA content is never buffered beyond what one read brought (unless it is
   being stored), and at most 4 bytes of a possibly split terminator are kept.
 
@@ -94,7 +97,8 @@ was injected):
 - ``drop_after`` (N): each connection is closed without a word right after
   its Nth accepted message was answered (``fault_dropped_after``).
 - ``drop_in_data`` (share): the connection is closed, with no reply, while
-  the message's content arrives (after ``354``; at ``BDAT``)
+  the message's content arrives (after ``354``; at ``BDAT``, at once for a
+  ``BDAT 0``); replies owed to the commands before it still go out first
   (``fault_dropped_in_data``).
 - ``reply_421_at`` (N): the Nth command of each connection gets ``421 4.3.2``
   and the connection is closed (``fault_421``).
@@ -163,6 +167,7 @@ MAX_OUTPUT = 256 * 1024
 MAX_CONNECTIONS = 1000
 RECV_SIZE = 256 * 1024
 IDLE_TIMEOUT = 300.0  # RFC 5321 §4.5.3.2.7: at least 5 minutes for a command
+ACCEPT_PAUSE = 0.1  # seconds the listener is left alone when accept() runs out of descriptors
 
 _CMD, _DATA, _BDAT = 0, 1, 2
 _WAKE = object()
@@ -213,6 +218,7 @@ _R_RCPT_REFUSED = (550, b"550 5.1.1 Error: recipient address rejected (injected 
 _R_RCPT_DEFERRED = (451, b"451 4.3.0 Error: recipient deferred, try again later (injected fault)\r\n")
 _R_421_FAULT = (421, b"421 4.3.2 Error: service shutting down (injected fault)\r\n")
 _R_IDLE = (421, b"421 4.4.2 Error: timeout exceeded\r\n")
+_R_STORE_FAILED = (451, b"451 4.3.0 Error: cannot store the message\r\n")
 
 # AUTH exchange steps (a _Session's auth_step).
 _AUTH_NONE, _AUTH_PLAIN, _AUTH_LOGIN_USER, _AUTH_LOGIN_PASS = 0, 1, 2, 3
@@ -256,12 +262,29 @@ def _address(arg: bytes) -> bytes:
     return arg.split(b" ", 1)[0]
 
 
+def _bdat_args(line: bytes) -> Optional[tuple]:
+    """``BDAT size [LAST]`` -> ``(size, last)``, or None when malformed (RFC 3030 §2).
+
+    A size of more than 18 digits (an exabyte) is no size a client can send,
+    and ``int()`` refuses more than 4300 digits (``max_line`` may let that
+    many through): malformed.
+    """
+    parts = line.split()
+    if not 2 <= len(parts) <= 3 or not parts[1].isdigit() or (
+            len(parts) == 3 and parts[2].upper() != b"LAST"):
+        return None
+    digits = parts[1].lstrip(b"0")
+    if len(digits) > 18:
+        return None
+    return int(digits or b"0"), len(parts) == 3
+
+
 class _Session:
     __slots__ = (
         "sock", "inbuf", "out", "outlen", "state", "bol", "remaining", "last", "discard", "greeted",
         "mail", "rcpts", "nrcpt", "body_len", "too_big", "parts", "binary", "bdat_ok", "closing", "closed",
         "events", "stalled", "tls", "wire", "held", "upgrade", "drop_armed", "active", "rng", "ncmd", "accepted",
-        "auth_step", "auth_user", "authed", "started", "timer",
+        "auth_step", "auth_user", "authed", "started", "timer", "dropped",
     )
 
     def __init__(self, sock: socket.socket) -> None:
@@ -272,6 +295,7 @@ class _Session:
         self.timer = 0.0  # delay: when this session's one timer (in Sink._timers) fires; 0: none
         self.upgrade = False  # STARTTLS answered: switch to TLS once the 220 is on its way
         self.drop_armed = False  # drop_in_data: close as soon as this message's content arrives
+        self.dropped = False  # drop_in_data happened: owed replies go out, then close
         self.active = 0.0  # monotonic time of the last read or send that made progress
         self.rng: Any = None  # fault dice (sink_faults.Faults.rng)
         self.ncmd = 0  # commands seen (reply_421_at)
@@ -439,13 +463,14 @@ class Sink:
         self._counts: dict = {"connections": 0, "refused": 0, "active": 0, "messages": 0,
                               "recipients": 0, "bytes": 0, "bytes_in": 0,
                               "tls_handshakes": 0, "tls_failed": 0, "starttls_discarded": 0,
-                              "auth_ok": 0, "auth_failed": 0, "idle_timeouts": 0}
+                              "auth_ok": 0, "auth_failed": 0, "idle_timeouts": 0, "store_failed": 0}
         for key in FAULT_COUNTERS:
             self._counts[key] = 0
         self._timers: list = []  # heap of (due, seq, session): delayed replies to release
         self._timer_seq = 0
         self._now = time.monotonic()
         self._next_idle_check = 0.0
+        self._accept_paused = 0.0  # accepting resumes at this time (0: not paused; see _accept)
         self._sessions: set = set()
         self._sel: Optional[selectors.BaseSelector] = None
         self._lsock: Optional[socket.socket] = None
@@ -499,7 +524,9 @@ class Sink:
         (encrypted bytes under TLS), ``tls_handshakes`` completed,
         ``tls_failed`` handshakes or TLS streams that failed,
         ``starttls_discarded`` plaintext bytes thrown away after STARTTLS,
-        ``auth_ok`` / ``auth_failed`` AUTH exchanges, ``idle_timeouts``, one
+        ``auth_ok`` / ``auth_failed`` AUTH exchanges, ``idle_timeouts``,
+        ``store_failed`` messages refused with 451 because ``store`` could
+        not write them, one
         ``fault_*`` counter per injected fault (module docstring), and
         ``replies``: ``{code: number of replies sent with it}`` (an LMTP
         data reply counts once per recipient).
@@ -596,6 +623,8 @@ class Sink:
                 timeout = 0.5
                 if timers:
                     timeout = min(timeout, max(0.0, timers[0][0] - time.monotonic()))
+                if self._accept_paused:
+                    timeout = min(timeout, max(0.0, self._accept_paused - time.monotonic()))
                 events = sel.select(timeout)
                 self._now = now = time.monotonic()
                 for key, mask in events:
@@ -617,6 +646,9 @@ class Sink:
                     s.timer = 0.0
                     if not s.closed:
                         self._flush(s)
+                if self._accept_paused and now >= self._accept_paused:
+                    self._accept_paused = 0.0
+                    sel.register(self._lsock, selectors.EVENT_READ, None)  # type: ignore[arg-type]
                 if now >= self._next_idle_check:
                     self._check_idle(now)
         finally:
@@ -670,7 +702,14 @@ class Sink:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED):
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of descriptors or memory: the pending connection stays
+                    # in the backlog and the listener stays readable, so the loop
+                    # would spin at full CPU.  Stop watching it for a while.
+                    self._sel.unregister(self._lsock)  # type: ignore[union-attr]
+                    self._accept_paused = self._now + ACCEPT_PAUSE
+                    return
+                if exc.errno == errno.ECONNABORTED:
                     return
                 raise
             conn.setblocking(False)
@@ -716,7 +755,7 @@ class Sink:
                 self._sel.unregister(s.sock)
             except (KeyError, ValueError):
                 pass
-        if s.tls is not None and s.tls.ready and not s.wire:
+        if s.tls is not None and s.tls.ready and not s.wire and not s.dropped:
             try:  # best effort: tell the client the TLS stream ended on purpose
                 s.sock.send(s.tls.close_notify())
             except OSError:
@@ -729,11 +768,18 @@ class Sink:
         s.tls = None
 
     def _drop(self, s: _Session, counter: str) -> None:
-        """An injected hang-up: close at once, replies owed or not."""
+        """An injected hang-up in a message's content: no reply to it, nothing more read.
+
+        The replies already owed to the commands before it (MAIL, RCPT, the
+        354) still go out, then the connection closes without close_notify
+        (``_close`` sees ``drop_armed``): a client that pipelined them with
+        the content must see what the counters say it was told.
+        """
         self._counts[counter] += 1
-        s.wire = bytearray()  # no close_notify either: this is a dropped line
-        s.tls = None
-        self._close(s)
+        s.dropped = True
+        s.closing = True
+        s.stalled = False
+        s.inbuf = bytearray()
 
     def _sendable(self, s: _Session) -> bool:
         if s.tls is None:
@@ -865,7 +911,9 @@ class Sink:
             s.active = self._now
             self._counts["bytes_in"] += len(chunk)
             if s.drop_armed:  # drop_in_data: this read holds part of the content
-                self._drop(s, "fault_dropped_in_data")
+                if not s.dropped:
+                    self._drop(s, "fault_dropped_in_data")
+                    self._flush(s)
                 return
             if s.tls is not None:
                 t = s.tls
@@ -959,7 +1007,7 @@ class Sink:
             s.greeted = False
             s.authed = False
             s.auth_step = _AUTH_NONE
-        elif s.drop_armed:
+        elif s.drop_armed and not s.dropped:
             if s.inbuf:  # the content came with the command: drop now
                 self._drop(s, "fault_dropped_in_data")
             else:
@@ -995,12 +1043,12 @@ class Sink:
                     continue
                 if eol < 0:
                     if n - pos >= max_line:  # no CRLF within max_line bytes: too long already
-                        self._reply(s, _R_TOO_LONG)
+                        self._too_long(s)
                         s.discard = True
                         pos = n - 1 if buf[n - 1] == 13 else n
                     break
                 if eol + 2 - pos > max_line:
-                    self._reply(s, _R_TOO_LONG)
+                    self._too_long(s)
                     pos = eol + 2
                     continue
                 line = bytes(buf[pos:eol])
@@ -1021,6 +1069,18 @@ class Sink:
         s.stalled = pos < n and s.outlen >= cap and not s.closing
         if pos:
             del buf[:pos]
+
+    def _too_long(self, s: _Session) -> None:
+        """A line over ``max_line``: 500; inside an AUTH exchange that final reply ends it.
+
+        The client takes the 500 as the end of its AUTH (RFC 4954 §4: any
+        reply but 334 is final), so the next line it sends is a command: it
+        must not be read as the answer to the old challenge.
+        """
+        if s.auth_step:
+            s.auth_step = _AUTH_NONE
+            s.auth_user = b""
+        self._reply(s, _R_TOO_LONG)
 
     def _scan(self, s: _Session, buf: bytearray, pos: int) -> tuple:
         """Run the kernel from ``pos``; take over its replies, counts and session state."""
@@ -1138,12 +1198,22 @@ class Sink:
             return
         self._queue_id += 1
         qid = self._queue_id
+        if self.store is not None:
+            try:
+                self._write_store(s, qid)
+            except OSError:
+                # Disk full, directory gone...: this message is refused for
+                # now (RFC 5321 §4.2.2: 451 local error), the loop and the
+                # other connections go on.
+                self._counts["store_failed"] += 1
+                for _ in range(nrcpt if self.lmtp else 1):
+                    self._reply(s, _R_STORE_FAILED)
+                s.reset()
+                return
         counts = self._counts
         counts["messages"] += 1
         counts["recipients"] += nrcpt
         counts["bytes"] += s.body_len
-        if self.store is not None:
-            self._write_store(s, qid)
         reply = (250, b"250 2.0.0 Ok: queued as %08X\r\n" % qid)
         for _ in range(nrcpt if self.lmtp else 1):
             self._reply(s, reply)
@@ -1162,8 +1232,15 @@ class Sink:
         head.extend(s.rcpts)
         data = b"\r\n".join(head) + b"\r\n\r\n" + b"".join(s.parts or ())
         tmp = self.store / ("%08X.tmp" % qid)
-        tmp.write_bytes(data)
-        os.replace(tmp, self.store / ("%08X.msg" % qid))
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, self.store / ("%08X.msg" % qid))
+        except OSError:
+            try:  # no half-written file left behind
+                tmp.unlink()
+            except OSError:
+                pass
+            raise
 
     def _command(self, s: _Session, line: bytes) -> None:
         if s.auth_step:
@@ -1202,6 +1279,12 @@ class Sink:
             if self._dice and s.mail is not None and s.nrcpt:
                 self._maybe_drop_in_data(s)
                 if s.drop_armed:
+                    args = _bdat_args(line)
+                    if args is None or not args[0]:
+                        # No content will come to hang up in (BDAT 0, or a line
+                        # not read as BDAT): hang up now, or the client waits
+                        # for its reply until the idle timeout.
+                        self._drop(s, "fault_dropped_in_data")
                     return  # the chunk is never read
             self._bdat(s, line)
         elif verb == b"EHLO" or verb == b"HELO" or verb == b"LHLO":
@@ -1385,7 +1468,10 @@ class Sink:
                 if not value.isdigit():
                     self._reply(s, _R_BAD_SIZE)
                     return
-                if int(value) > self.size:
+                # Compared by length first: int() refuses more than 4300
+                # digits (ValueError), and max_line may let that many through.
+                digits = value.lstrip(b"0")
+                if len(digits) > len(str(self.size)) or int(digits or b"0") > self.size:
                     self._reply(s, _R_TOO_BIG)
                     return
             elif key == b"BODY":
@@ -1426,15 +1512,13 @@ class Sink:
         self._reply(s, _R_RCPT_OK)
 
     def _bdat(self, s: _Session, line: bytes) -> None:
-        parts = line.split()
-        if not 2 <= len(parts) <= 3 or not parts[1].isdigit() or (
-                len(parts) == 3 and parts[2].upper() != b"LAST"):
+        args = _bdat_args(line)
+        if args is None:
             # Without a valid size the chunk cannot be skipped: the stream is lost
             # (RFC 3030 §2: the client must not send the chunk after a bad BDAT).
             self._reply(s, _R_BDAT_SYNTAX)
             return
-        size = int(parts[1])
-        s.last = len(parts) == 3
+        size, s.last = args
         s.bdat_ok = s.mail is not None and s.nrcpt > 0
         s.remaining = size
         s.state = _BDAT
