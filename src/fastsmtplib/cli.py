@@ -8,6 +8,7 @@ are listed.  Exit codes are in ``EXIT_CODES`` (shown by ``--help``).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any, Sequence
 
@@ -106,6 +107,12 @@ def cmd_sink(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     except ValueError as exc:
         parser.error(str(exc))
+    if args.store:
+        try:
+            os.makedirs(args.store, exist_ok=True)
+        except OSError as exc:
+            print("%s sink: cannot use --store %s: %s" % (PROG, args.store, exc), file=sys.stderr)
+            return EXIT_FAILURE
     try:
         sink.bind()
     except OSError as exc:

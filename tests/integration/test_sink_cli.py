@@ -197,3 +197,12 @@ def test_without_cryptography_the_error_names_the_extra_and_the_flags(tmp_path):
         "print('ok', 'cryptography' in sys.modules)\n" % (str(cert), str(key)))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.split() == ["ok", "False"], r.stderr
+
+
+def test_unusable_store_directory_names_the_store_not_the_address(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    p = subprocess.run([sys.executable, "-m", "fastsmtplib", "sink", "--port", "0", "--store", str(blocker / "mail")],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1
+    assert "cannot use --store" in p.stderr and "cannot listen" not in p.stderr
