@@ -195,6 +195,9 @@ class _Job:
         self.written = 0  # result.attempts when handed to the engine (its MAIL not yet written)
 
 
+_new_job = object.__new__  # _new_job(_Job): a _Job without running __init__ (send_many's fast path)
+
+
 class _Slot:
     """One of the pool's connections."""
 
@@ -624,9 +627,18 @@ class SMTPPool:
                                 result = SendResult(index)
                                 result.from_addr = from_addr
                                 result.to_addrs = to_list = [to_addrs] if tt is str else list(to_addrs)
-                                batch.append(_Job((from_addr, to_list, msg), result, col,
-                                                  retry if retry is not None else self.retry,
-                                                  mail_options, rcpt_options))
+                                # _Job(...), its __init__ written out: a class call
+                                # with an __init__ frame costs twice these stores.
+                                job = _new_job(_Job)
+                                job.item = (from_addr, to_list, msg)
+                                job.result = result
+                                job.future = col
+                                job.retry = retry if retry is not None else self.retry
+                                job.started = 0.0
+                                job.mail_options = mail_options
+                                job.rcpt_options = rcpt_options
+                                job.written = 0
+                                batch.append(job)
                                 if len(batch) >= room:
                                     break
                                 continue
@@ -1072,6 +1084,9 @@ class SMTPPool:
         unwritten = slot.unwritten
         submit = eng.submit
         given = 0
+        sent = slot.sent  # stored back below; read by no one else meanwhile
+        max_sent = slot.max_sent
+        retire_at = slot.retire_at
         # The body of the loop is what handing one message over takes (the
         # hot path: once per message), written out here rather than in a
         # method called per message.
@@ -1119,10 +1134,12 @@ class SMTPPool:
             unwritten.append(job)
             given += 1
             room -= 1
-            slot.sent += 1
-            if slot.sent >= slot.max_sent or now >= slot.retire_at:
+            sent += 1
+            if sent >= max_sent or now >= retire_at:
                 slot.retiring = True
+                break
         if given:
+            slot.sent = sent
             self.stats["handed"] += given
         return given
 
@@ -1443,7 +1460,7 @@ class SMTPPool:
         eng = slot.eng
         if slot.state == _PROBING:
             return (self._probe_reply(slot, nread, _monotonic())
-                    and (nread >= _RECV_SIZE or bool(slot.tls and rsock.pending())))
+                    and (nread >= _RECV_SIZE or (slot.tls and rsock.pending())))
         if not eng.owed and eng.idle:
             # Nobody asked: the server spoke on its own (a 421 before its idle
             # timeout) or hung up.  Either way the connection is not reused.
@@ -1490,7 +1507,7 @@ class SMTPPool:
                 if self._rate_stopped:
                     self._dirty = True
             if slot.sock is None or slot.state != _READY:
-                return slot.sock is not None and (nread >= _RECV_SIZE or bool(slot.tls and rsock.pending()))
+                return slot.sock is not None and (nread >= _RECV_SIZE or (slot.tls and rsock.pending()))
         data = eng.bytes_to_send()
         if data:
             unwritten = slot.unwritten
@@ -1525,7 +1542,7 @@ class SMTPPool:
         if room > 0:
             given = self._fill(slot, now, room)
             if slot.sock is None or slot.state != _READY:
-                return slot.sock is not None and (nread >= _RECV_SIZE or bool(slot.tls and rsock.pending()))
+                return slot.sock is not None and (nread >= _RECV_SIZE or (slot.tls and rsock.pending()))
             if self._rate_stopped:
                 self._dirty = True
             if given:
@@ -1541,12 +1558,12 @@ class SMTPPool:
             slot.deadline = now + (self._fixed_timeout or self._reply_timeout(eng.deadline_kind))
             if not had:
                 self._due(slot.deadline)
-            return (nread >= _RECV_SIZE or bool(slot.tls and rsock.pending()))
+            return (nread >= _RECV_SIZE or (slot.tls and rsock.pending()))
         slot.deadline = 0.0
         if slot.retiring and eng.idle:
             self._close_slot(slot, polite=True)
             return False
-        return (nread >= _RECV_SIZE or bool(slot.tls and rsock.pending()))
+        return (nread >= _RECV_SIZE or (slot.tls and rsock.pending()))
 
     def _probe_reply(self, slot: _Slot, n: int, now: float) -> bool:
         if not n:
