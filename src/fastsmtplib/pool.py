@@ -304,8 +304,11 @@ class SendManyRun:
         self._outstanding = 0  # pulled from the input, result not yet taken
         self._gen = pool._send_many(self, messages, limit, mail_options, rcpt_options, retry)
 
-    def __iter__(self) -> "SendManyRun":
-        return self
+    def __iter__(self) -> Iterator[SendResult]:
+        # The generator itself: a ``for`` loop then resumes it directly, not
+        # through __next__ (a Python call per result).  It holds this run
+        # (its argument), so the run lives as long as the loop does.
+        return self._gen
 
     def __next__(self) -> SendResult:
         return next(self._gen)
