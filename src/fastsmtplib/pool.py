@@ -109,6 +109,7 @@ log = logging.getLogger("fastsmtplib.pool")
 _monotonic = time.monotonic
 _INF = float("inf")
 _RECV_SIZE = 65536
+_EVENT_READ, _EVENT_WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 if _ssl is not None:
     _WANT = (BlockingIOError, InterruptedError, _ssl.SSLWantReadError, _ssl.SSLWantWriteError)
 else:  # pragma: no cover
@@ -819,9 +820,9 @@ class SMTPPool:
                     if slot is None:
                         self._drain_wake()
                         continue
-                    if mask & selectors.EVENT_WRITE and slot.sock is not None:
+                    if mask & _EVENT_WRITE and slot.sock is not None:
                         self._on_write(slot)
-                    if mask & selectors.EVENT_READ and slot.sock is not None:
+                    if mask & _EVENT_READ and slot.sock is not None:
                         while self._on_read(slot):
                             pass
                 now = _monotonic()
