@@ -109,6 +109,7 @@ log = logging.getLogger("fastsmtplib.pool")
 _monotonic = time.monotonic
 _INF = float("inf")
 _RECV_SIZE = 65536
+_EVENT_READ, _EVENT_WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 if _ssl is not None:
     _WANT = (BlockingIOError, InterruptedError, _ssl.SSLWantReadError, _ssl.SSLWantWriteError)
 else:  # pragma: no cover
@@ -195,6 +196,9 @@ class _Job:
         self.written = 0  # result.attempts when handed to the engine (its MAIL not yet written)
 
 
+_new_job = object.__new__  # _new_job(_Job): a _Job without running __init__ (send_many's fast path)
+
+
 class _Slot:
     """One of the pool's connections."""
 
@@ -233,6 +237,24 @@ _BATCH = 128
 _LINGER = 0.002
 #: ``stats`` keys: plain strings, whatever the status object.
 _STAT_KEY = {s: s.value for s in Status}
+
+
+class _Stats(collections.Counter):
+    """``SMTPPool.stats``: a ``Counter`` whose ``stats[key] += n`` is dict's own.
+
+    ``Counter`` defines ``__delitem__`` (no KeyError for a missing key), so
+    the type's shared set/delete slot becomes a generic one that looks
+    ``__setitem__`` up on every store: about twice the cost of dict's, and
+    the pool stores two counts per message.  With ``__delitem__`` dict's
+    too, the slot is dict's (deleting a missing key raises KeyError, as for
+    a dict; nothing deletes from ``stats``).  Its repr is a Counter's.
+    """
+
+    __slots__ = ()
+    __delitem__ = dict.__delitem__
+
+    def __repr__(self) -> str:
+        return "Counter" + collections.Counter.__repr__(self)[len(type(self).__name__):]
 
 
 class _Collector:
@@ -283,8 +305,11 @@ class SendManyRun:
         self._outstanding = 0  # pulled from the input, result not yet taken
         self._gen = pool._send_many(self, messages, limit, mail_options, rcpt_options, retry)
 
-    def __iter__(self) -> "SendManyRun":
-        return self
+    def __iter__(self) -> Iterator[SendResult]:
+        # The generator itself: a ``for`` loop then resumes it directly, not
+        # through __next__ (a Python call per result).  It holds this run
+        # (its argument), so the run lives as long as the loop does.
+        return self._gen
 
     def __next__(self) -> SendResult:
         return next(self._gen)
@@ -438,7 +463,7 @@ class SMTPPool:
         qsize = queue_size if queue_size is not None else max(64, 2 * size * window)
         self.max_in_flight = max_in_flight if max_in_flight is not None else qsize + size * window * 2
         #: Counters, for tests and monitoring (written by the I/O thread only).
-        self.stats = collections.Counter()
+        self.stats: collections.Counter = _Stats()
 
         self._queue: queue.Queue = queue.Queue(qsize)
         self._rsock, self._wsock = socket.socketpair()
@@ -465,7 +490,7 @@ class SMTPPool:
         self._scan_at = _INF  # when _scan_slots is next due
         # A connection may take waiting messages that no read will hand it:
         # new or retried messages, a new connection, a rate-limit or connect
-        # wait that ended.  Reads fill their own connection (_received).
+        # wait that ended.  Reads fill their own connection (_on_read).
         self._dirty = True
         self._rate_stopped = False  # set by each _fill
         self._fixed_timeout = timeout if timeout else None  # the reply timeout, when one for all
@@ -592,11 +617,81 @@ class SMTPPool:
                    rcpt_options: tuple, retry: Optional[Retry]) -> Iterator[SendResult]:
         # Messages go to the I/O thread in batches and results come back in
         # batches: one hand-off between the threads per batch, not per message.
+        # One generator frame per result (no ``yield from`` layer), and the
+        # common item (a tuple of str/bytes) made into a job here, without a
+        # call per message: this loop runs once per message.
         col = _Collector()
         results = col.results
+        popleft = results.popleft
+        source = enumerate(messages)
+        exhausted = False
+        make_job = self._make_job
+        wake_at = max(1, limit // 4)
+        outstanding = 0  # run._outstanding, kept here and stored where it is read (_stop_run)
         try:
-            yield from self._send_many_loop(run, col, messages, limit, mail_options, rcpt_options, retry)
+            while True:
+                if not exhausted and outstanding < limit:
+                    batch: list = []
+                    room = min(limit - outstanding, _BATCH)
+                    for index, item in source:
+                        outstanding += 1
+                        if self._closed:
+                            results.append(SendResult(index, status=NOT_ATTEMPTED,
+                                                      exception=PoolClosed("the pool is closed")))
+                            continue
+                        if type(item) is tuple and len(item) == 3:
+                            from_addr, to_addrs, msg = item
+                            tt = type(to_addrs)
+                            mt = type(msg)
+                            if ((mt is bytes or mt is str) and (tt is str or tt is list or tt is tuple)
+                                    and to_addrs):
+                                # _make_job's fast path, written out.
+                                result = SendResult(index)
+                                result.from_addr = from_addr
+                                result.to_addrs = to_list = [to_addrs] if tt is str else list(to_addrs)
+                                # _Job(...), its __init__ written out: a class call
+                                # with an __init__ frame costs twice these stores.
+                                job = _new_job(_Job)
+                                job.item = (from_addr, to_list, msg)
+                                job.result = result
+                                job.future = col
+                                job.retry = retry if retry is not None else self.retry
+                                job.started = 0.0
+                                job.mail_options = mail_options
+                                job.rcpt_options = rcpt_options
+                                job.written = 0
+                                batch.append(job)
+                                if len(batch) >= room:
+                                    break
+                                continue
+                        job = make_job(item, index, retry, mail_options, rcpt_options, col)
+                        if job is not None:
+                            batch.append(job)
+                            if len(batch) >= room:
+                                break
+                    else:
+                        exhausted = True
+                    if batch:
+                        self._put(batch)
+                while results:
+                    outstanding -= 1
+                    yield popleft()
+                if not outstanding:
+                    if exhausted:
+                        return
+                    continue
+                if exhausted or outstanding >= limit:
+                    col.wake_at = min(outstanding, wake_at)
+                    col.waiting = True
+                    n = len(results)
+                    if n < col.wake_at:
+                        # Results that came just before ``waiting`` was set did not
+                        # ask for a wake-up: do not sleep long on them.
+                        col.event.wait(_LINGER if n else 1.0)
+                    col.event.clear()
+                    col.waiting = False
         except GeneratorExit:
+            run._outstanding = outstanding
             self._stop_run(run, col)
             raise
 
@@ -634,50 +729,6 @@ class SMTPPool:
             level = logging.INFO if set(counts) <= {"delivered", "partial"} else logging.WARNING
             log.log(level, "send_many stopped early: %d results not taken by the caller (%s); see SendManyRun.unreported",
                     len(unreported), ", ".join("%s %d" % kv for kv in sorted(counts.items())))
-
-    def _send_many_loop(self, run: "SendManyRun", col: _Collector, messages: Iterable[Any], limit: int,
-                        mail_options: tuple, rcpt_options: tuple, retry: Optional[Retry]) -> Iterator[SendResult]:
-        results = col.results
-        source = enumerate(messages)
-        exhausted = False
-        make_job = self._make_job
-        wake_at = max(1, limit // 4)
-        while True:
-            if not exhausted and run._outstanding < limit:
-                batch: list = []
-                room = min(limit - run._outstanding, _BATCH)
-                for index, item in source:
-                    run._outstanding += 1
-                    if self._closed:
-                        results.append(SendResult(index, status=NOT_ATTEMPTED,
-                                                  exception=PoolClosed("the pool is closed")))
-                        continue
-                    job = make_job(item, index, retry, mail_options, rcpt_options, col)
-                    if job is not None:
-                        batch.append(job)
-                        if len(batch) >= room:
-                            break
-                else:
-                    exhausted = True
-                if batch:
-                    self._put(batch)
-            while results:
-                run._outstanding -= 1
-                yield results.popleft()
-            if not run._outstanding:
-                if exhausted:
-                    return
-                continue
-            if exhausted or run._outstanding >= limit:
-                col.wake_at = min(run._outstanding, wake_at)
-                col.waiting = True
-                n = len(results)
-                if n < col.wake_at:
-                    # Results that came just before ``waiting`` was set did not
-                    # ask for a wake-up: do not sleep long on them.
-                    col.event.wait(_LINGER if n else 1.0)
-                col.event.clear()
-                col.waiting = False
 
     def sendmail(
         self,
@@ -769,10 +820,11 @@ class SMTPPool:
                     if slot is None:
                         self._drain_wake()
                         continue
-                    if mask & selectors.EVENT_WRITE and slot.sock is not None:
+                    if mask & _EVENT_WRITE and slot.sock is not None:
                         self._on_write(slot)
-                    if mask & selectors.EVENT_READ and slot.sock is not None:
-                        self._on_read(slot)
+                    if mask & _EVENT_READ and slot.sock is not None:
+                        while self._on_read(slot):
+                            pass
                 now = _monotonic()
                 if self._handshakes:
                     self._take_handshakes(now)
@@ -1049,53 +1101,69 @@ class SMTPPool:
             self._probe(slot, now)
             return 0
         pending = self._pending
-        give = self._give
         limited = self.rate is not None
+        jobs = slot.jobs
+        unwritten = slot.unwritten
+        submit = eng.submit
         given = 0
+        sent = slot.sent  # stored back below; read by no one else meanwhile
+        max_sent = slot.max_sent
+        retire_at = slot.retire_at
+        # The body of the loop is what handing one message over takes (the
+        # hot path: once per message), written out here rather than in a
+        # method called per message.
         while room > 0 and pending and not slot.retiring:
             if limited and not self._take_tokens(now):
                 self._rate_stopped = True
                 break
-            if give(slot, pending.popleft(), now):
-                given += 1
-                room -= 1
-            elif limited:
-                self._tokens += 1  # nothing was handed over
+            job = pending.popleft()
+            result = job.result
+            fut = job.future
+            if type(fut) is _Collector:
+                if fut.closed:
+                    self._end_cancelled(job)
+                    if limited:
+                        self._tokens += 1  # nothing was handed over
+                    continue
+                if not job.started:
+                    job.started = now
+                else:  # a retry: the result starts again
+                    result.status = ""
+                    result.data_replies = []
+            elif not job.started:
+                if not fut.set_running_or_notify_cancel():
+                    self._unfinished -= 1  # cancelled by the caller
+                    if limited:
+                        self._tokens += 1
+                    continue
+                job.started = now
+            else:
+                result.status = ""
+                result.data_replies = []
+            from_addr, to_list, msg = job.item
+            try:
+                submit(result.index, from_addr, to_list, msg, job.mail_options, job.rcpt_options,
+                       result=result)
+            except CLIENT_ERRORS as exc:
+                exc.__traceback__ = None
+                result.status, result.exception = FAILED, exc
+                self._resolve(job, now)
+                if limited:
+                    self._tokens += 1
+                continue
+            jobs[id(result)] = job
+            job.written = result.attempts  # the engine counts an attempt as it writes the MAIL
+            unwritten.append(job)
+            given += 1
+            room -= 1
+            sent += 1
+            if sent >= max_sent or now >= retire_at:
+                slot.retiring = True
+                break
         if given:
+            slot.sent = sent
             self.stats["handed"] += given
         return given
-
-    def _give(self, slot: _Slot, job: _Job, now: float) -> bool:
-        """Hand one message to a connection's engine; False if it was not taken."""
-        result = job.result
-        fut = job.future
-        if type(fut) is _Collector and fut.closed:
-            self._end_cancelled(job)
-            return False
-        if not job.started:
-            if type(fut) is not _Collector and not fut.set_running_or_notify_cancel():
-                self._unfinished -= 1  # cancelled by the caller
-                return False
-            job.started = now
-        else:  # a retry: the result starts again
-            result.status = ""
-            result.data_replies = []
-        from_addr, to_list, msg = job.item
-        try:
-            slot.eng.submit(result.index, from_addr, to_list, msg, job.mail_options, job.rcpt_options,
-                            result=result)
-        except CLIENT_ERRORS as exc:
-            exc.__traceback__ = None
-            result.status, result.exception = FAILED, exc
-            self._resolve(job, now)
-            return False
-        slot.jobs[id(result)] = job
-        job.written = result.attempts  # the engine counts an attempt as it writes the MAIL
-        slot.unwritten.append(job)
-        slot.sent += 1  # ("handed" is counted by _fill, once per fill)
-        if slot.sent >= slot.max_sent or now >= slot.retire_at:
-            slot.retiring = True
-        return True
 
     # -- connections -------------------------------------------------------------------------
 
@@ -1394,43 +1462,37 @@ class SMTPPool:
         if slot.deadline:
             slot.deadline = _monotonic() + self._reply_timeout(slot.eng.deadline_kind if slot.eng else None)
 
-    def _on_read(self, slot: _Slot) -> None:
-        sock = slot.sock
-        view = self._view
-        received = self._received
-        while True:
-            try:
-                n = sock.recv_into(view)
-            except _WANT:
-                return
-            except OSError as exc:
-                self._lost(slot, SMTPServerDisconnected("Connection unexpectedly closed: %s" % exc))
-                return
-            if not received(slot, n):
-                return
-            if n < _RECV_SIZE and not (slot.tls and sock.pending()):
-                return  # TLS: decrypted bytes may wait in the SSL object with the fd quiet
-
-    def _received(self, slot: _Slot, n: int) -> bool:
-        """Handle ``n`` bytes in the buffer; False once the connection is gone.
+    def _on_read(self, slot: _Slot) -> bool:
+        """Read once and handle what came; True when the caller should read
+        again (a full buffer, or TLS bytes decrypted and waiting in the SSL
+        object with the fd quiet); False once done or the connection is gone.
 
         The hot path (a read per round trip per connection): one clock read,
         results resolved in place, the next message given and the write
-        (body + next envelope) issued here.
+        (body + next envelope) issued here, in one call.
         """
+        rsock = slot.sock
+        try:
+            nread = rsock.recv_into(self._view)
+        except _WANT:
+            return False
+        except OSError as exc:
+            self._lost(slot, SMTPServerDisconnected("Connection unexpectedly closed: %s" % exc))
+            return False
         eng = slot.eng
         if slot.state == _PROBING:
-            return self._probe_reply(slot, n, _monotonic())
+            return (self._probe_reply(slot, nread, _monotonic())
+                    and (nread >= _RECV_SIZE or (slot.tls and rsock.pending())))
         if not eng.owed and eng.idle:
             # Nobody asked: the server spoke on its own (a 421 before its idle
             # timeout) or hung up.  Either way the connection is not reused.
             self.stats["unasked"] += 1
             self._close_slot(slot)
             return False
-        if not n:
+        if not nread:
             self._lost(slot, SMTPServerDisconnected("Connection unexpectedly closed"))
             return False
-        results = eng.receive(self._view[:n])
+        results = eng.receive(self._view[:nread])
         now = _monotonic()
         if results:
             jobs = slot.jobs
@@ -1467,19 +1529,42 @@ class SMTPPool:
                 if self._rate_stopped:
                     self._dirty = True
             if slot.sock is None or slot.state != _READY:
-                return slot.sock is not None
+                return slot.sock is not None and (nread >= _RECV_SIZE or (slot.tls and rsock.pending()))
         data = eng.bytes_to_send()
         if data:
-            if slot.unwritten:
-                self._stamp_sent(slot.unwritten)
-            self._write(slot, data, now)
-            if slot.sock is None:
-                return False
+            unwritten = slot.unwritten
+            if unwritten:
+                # _stamp_sent, written out (once per message).
+                t = _monotonic()
+                while unwritten:
+                    job = unwritten[0]
+                    result = job.result
+                    if result.attempts <= job.written:
+                        break
+                    unwritten.popleft()
+                    if result.sent_at is None:
+                        result.sent_at = t
+            if slot.out is None:
+                # _write's common case, written out: the whole write is taken.
+                try:
+                    sent = rsock.send(data)
+                except _WANT:
+                    sent = 0
+                except OSError as exc:
+                    self._lost(slot, SMTPServerDisconnected("Server not connected: %s" % exc))
+                    return False
+                if sent < len(data):
+                    slot.out = memoryview(data)[sent:]
+                    self._want_write(slot, True)
+            else:
+                self._write(slot, data, now)
+                if slot.sock is None:
+                    return False
         room = eng.room() if self._pending and not slot.retiring else 0
         if room > 0:
             given = self._fill(slot, now, room)
             if slot.sock is None or slot.state != _READY:
-                return slot.sock is not None
+                return slot.sock is not None and (nread >= _RECV_SIZE or (slot.tls and rsock.pending()))
             if self._rate_stopped:
                 self._dirty = True
             if given:
@@ -1495,12 +1580,12 @@ class SMTPPool:
             slot.deadline = now + (self._fixed_timeout or self._reply_timeout(eng.deadline_kind))
             if not had:
                 self._due(slot.deadline)
-            return True
+            return (nread >= _RECV_SIZE or (slot.tls and rsock.pending()))
         slot.deadline = 0.0
         if slot.retiring and eng.idle:
             self._close_slot(slot, polite=True)
             return False
-        return True
+        return (nread >= _RECV_SIZE or (slot.tls and rsock.pending()))
 
     def _probe_reply(self, slot: _Slot, n: int, now: float) -> bool:
         if not n:
