@@ -13,6 +13,7 @@ import sys
 from typing import Any, Sequence
 
 import fastsmtplib
+from .cli_args import port, positive_int
 
 PROG = "fastsmtplib"
 
@@ -59,26 +60,6 @@ generated certificate, the CA file to trust), runs until Ctrl-C or SIGTERM,
 then prints its counters (connections, messages, recipients, bytes, TLS, AUTH,
 each fault, replies per code) and exits 0.  Limits and every option in
 detail: `pydoc fastsmtplib.sink`."""
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("not an integer: %r" % text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1: %r" % text)
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("not a port number: %r" % text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError("not a port number (0-65535): %r" % text)
-    return value
 
 
 def cmd_sink(args: argparse.Namespace) -> int:
@@ -175,14 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sink = _command(commands, "sink", SINK_HELP, SINK_DESCRIPTION, cmd_sink)
     sink.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default %(default)s)")
-    sink.add_argument("--port", type=_port, default=DEFAULT_PORT,
+    sink.add_argument("--port", type=port, default=DEFAULT_PORT,
                       help="TCP port, 0 for a free one (default %(default)s)")
     sink.add_argument("--unix", metavar="PATH", help="listen on this Unix socket instead of TCP")
     sink.add_argument("--lmtp", action="store_true", help="speak LMTP (LHLO, one reply per recipient)")
-    sink.add_argument("--size", metavar="BYTES", type=_positive_int, default=DEFAULT_SIZE,
+    sink.add_argument("--size", metavar="BYTES", type=positive_int, default=DEFAULT_SIZE,
                       help="SIZE limit: larger messages are refused with 552 (default %(default)s)")
     sink.add_argument("--store", metavar="DIR", help="write each accepted message (envelope + content) to DIR")
-    sink.add_argument("--max-connections", metavar="N", type=_positive_int, default=MAX_CONNECTIONS,
+    sink.add_argument("--max-connections", metavar="N", type=positive_int, default=MAX_CONNECTIONS,
                       help="refuse connections past N with 421 (default %(default)s)")
     from .sink_cli import add_arguments as add_sink_arguments
 

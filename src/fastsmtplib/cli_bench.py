@@ -13,6 +13,8 @@ import os
 import sys
 from typing import Any, Callable, Optional
 
+from .cli_args import bounded_int, positive_float, positive_int
+
 __all__ = ["add_parser", "cmd_bench", "EXIT_UNREACHABLE"]
 
 PROG = "fastsmtplib bench"
@@ -69,37 +71,7 @@ MAX_SIZE = 1 << 30
 MAX_RCPTS = 1000
 
 
-# -- argument types (argparse turns ArgumentTypeError into exit 2 with the message) -------
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("not an integer: %r" % text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1: %r" % text)
-    return value
-
-
-def _bounded_int(limit: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = _positive_int(text)
-        if value > limit:
-            raise argparse.ArgumentTypeError("must be at most %d: %r" % (limit, text))
-        return value
-
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("not a number: %r" % text)
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError("must be a positive number: %r" % text)
-    return value
+# -- argument types (argparse turns ArgumentTypeError into exit 2; shared ones: cli_args) ---
 
 
 def parse_server(text: str) -> tuple:
@@ -141,17 +113,17 @@ def add_parser(commands: Any, make_command: Callable) -> argparse.ArgumentParser
     p.add_argument("server", nargs="?", type=parse_server, metavar="HOST[:PORT]",
                    help="the server (default: start the embedded sink); port 25, 465 with --ssl, 2003 with --lmtp")
     load = p.add_argument_group("load")
-    load.add_argument("-c", "--connections", type=_bounded_int(1000), default=8, metavar="N",
+    load.add_argument("-c", "--connections", type=bounded_int(1000), default=8, metavar="N",
                       help="connections (default %(default)s; --compare: threads/tasks/pool size)")
-    load.add_argument("-n", "--messages", type=_positive_int, metavar="N",
+    load.add_argument("-n", "--messages", type=positive_int, metavar="N",
                       help="messages to send (default 10000, or no limit with --duration)")
-    load.add_argument("-d", "--duration", type=_positive_float, metavar="S",
+    load.add_argument("-d", "--duration", type=positive_float, metavar="S",
                       help="stop after S seconds (with --messages: whichever comes first)")
-    load.add_argument("-s", "--size", type=_bounded_int(MAX_SIZE), default=1024, metavar="BYTES",
+    load.add_argument("-s", "--size", type=bounded_int(MAX_SIZE), default=1024, metavar="BYTES",
                       help="bytes per message, headers included (default %(default)s; at least ~180)")
-    load.add_argument("-r", "--rcpts", type=_bounded_int(MAX_RCPTS), default=1, metavar="N",
+    load.add_argument("-r", "--rcpts", type=bounded_int(MAX_RCPTS), default=1, metavar="N",
                       help="recipients per message (default %(default)s)")
-    load.add_argument("--rate", type=_positive_float, metavar="MSGS_PER_S",
+    load.add_argument("--rate", type=positive_float, metavar="MSGS_PER_S",
                       help="send at most this many messages per second, over all connections")
     proto = p.add_argument_group("protocol")
     proto.add_argument("--server", dest="start_server", choices=("sink", "smtp-sink"), default=None,
@@ -161,7 +133,7 @@ def add_parser(commands: Any, make_command: Callable) -> argparse.ArgumentParser
     proto.add_argument("--lmtp", action="store_true", help="speak LMTP (LHLO; one reply per recipient)")
     proto.add_argument("--no-pipelining", action="store_true", help="do not use PIPELINING even if offered")
     proto.add_argument("--no-chunking", action="store_true", help="do not use CHUNKING/BDAT even if offered")
-    proto.add_argument("--timeout", type=_positive_float, default=30.0, metavar="S",
+    proto.add_argument("--timeout", type=positive_float, default=30.0, metavar="S",
                        help="seconds to connect and for each reply (default %(default)s)")
     sec = p.add_argument_group("TLS and AUTH")
     sec.add_argument("--starttls", action="store_true", help="STARTTLS after EHLO (RFC 3207)")

@@ -31,6 +31,7 @@ from .campaign import (
     neutralise_cell,
 )
 from .journal import STATES, JournalError, code_counts, counts, iter_rows, open_readonly
+from .cli_args import nonneg_float, positive_float, positive_int
 
 __all__ = ["add_campaign_commands", "Progress", "cmd_send", "cmd_report", "cmd_demo"]
 
@@ -183,36 +184,6 @@ def _server(text: str) -> tuple:
             raise argparse.ArgumentTypeError("not a port number (1-65535) in %r" % text)
         return host, p
     return host, 0
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("not an integer: %r" % text)
-    if v < 1:
-        raise argparse.ArgumentTypeError("must be at least 1: %r" % text)
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("not a number: %r" % text)
-    if not v > 0 or v != v or v == float("inf"):
-        raise argparse.ArgumentTypeError("must be a positive number: %r" % text)
-    return v
-
-
-def _nonneg_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("not a number: %r" % text)
-    if not v >= 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError("must be zero or more: %r" % text)
-    return v
 
 
 def _read(path: str, what: str) -> bytes:
@@ -439,14 +410,14 @@ def _add_send(commands: Any) -> None:
     pw = g.add_mutually_exclusive_group()
     pw.add_argument("--password-env", metavar="VAR", help="read the password from this environment variable")
     pw.add_argument("--password-file", metavar="FILE", help="read the password from this file's first line")
-    g.add_argument("--connections", metavar="N", type=_positive_int, default=4,
+    g.add_argument("--connections", metavar="N", type=positive_int, default=4,
                    help="connections at once (default %(default)s)")
-    g.add_argument("--rate", metavar="N", type=_positive_float, help="most messages per second (default: no limit)")
-    g.add_argument("--attempts", metavar="N", type=_positive_int, default=3,
+    g.add_argument("--rate", metavar="N", type=positive_float, help="most messages per second (default: no limit)")
+    g.add_argument("--attempts", metavar="N", type=positive_int, default=3,
                    help="attempts per message within a run for 4xx replies and lost connections (default %(default)s)")
-    g.add_argument("--retry-backoff", metavar="SECONDS", type=_nonneg_float, default=1.0,
+    g.add_argument("--retry-backoff", metavar="SECONDS", type=nonneg_float, default=1.0,
                    help="first wait before a retry, doubled each time (default %(default)s)")
-    g.add_argument("--max-errors", metavar="N", type=_positive_int, default=50,
+    g.add_argument("--max-errors", metavar="N", type=positive_int, default=50,
                    help="pause after N consecutive connection-level failures (default %(default)s)")
     g = p.add_argument_group("journal")
     g.add_argument("--journal", metavar="FILE.db", help="the journal (default: next to the CSV, NAME.journal.db)")
@@ -659,9 +630,9 @@ def _add_demo(commands: Any) -> None:
                             description=DEMO_DESCRIPTION, epilog=DEMO_EXIT_CODES,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(func=cmd_demo, command_parser=p)
-    p.add_argument("--count", metavar="N", type=_positive_int, default=10000,
+    p.add_argument("--count", metavar="N", type=positive_int, default=10000,
                    help="recipients (default %(default)s)")
-    p.add_argument("--connections", metavar="N", type=_positive_int, default=4,
+    p.add_argument("--connections", metavar="N", type=positive_int, default=4,
                    help="connections at once (default %(default)s)")
     p.add_argument("--dkim", choices=("ed25519", "rsa"), default="ed25519",
                    help="the throwaway key's kind (default %(default)s)")

@@ -14,6 +14,7 @@ import math
 import os
 from typing import Any, Dict
 
+from .cli_args import positive_int
 from .sink import IDLE_TIMEOUT
 from .sink_auth import parse_user_password
 
@@ -41,16 +42,6 @@ def _seconds(limit: float, allow_zero: bool) -> Any:
             raise argparse.ArgumentTypeError("must be %s and at most %g seconds: %r" % (low, limit, text))
         return value
     return parse
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("not a whole number: %r" % text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1: %r" % text)
-    return value
 
 
 def _int(text: str) -> int:
@@ -122,11 +113,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     faults.add_argument("--delay", metavar="SECONDS", type=_seconds(3600, True), default=0.0,
                         help="hold every reply this long before sending it (order kept; other "
                              "connections are not slowed)")
-    faults.add_argument("--drop-after", metavar="N", type=_count,
+    faults.add_argument("--drop-after", metavar="N", type=positive_int,
                         help="close each connection without a word after its Nth accepted message")
     faults.add_argument("--drop-in-data", metavar="SHARE", type=_share, default=0.0,
                         help="share of messages during whose content the connection is closed, no reply")
-    faults.add_argument("--421-at", metavar="N", dest="reply_421_at", type=_count,
+    faults.add_argument("--421-at", metavar="N", dest="reply_421_at", type=positive_int,
                         help="answer the Nth command of each connection with 421 4.3.2 and close")
     faults.add_argument("--seed", metavar="N", type=_int, help="seed for the shares (default: random)")
 
