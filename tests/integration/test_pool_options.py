@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 import pytest
 
 from tests.support.scripted import ClientClosed, ScriptedServer
 from tests.support.target import IS_STDLIB, fastsmtplib_only
+from tests.support.sink_checks import wait_idle
 
 pytestmark = fastsmtplib_only
 
@@ -38,16 +38,6 @@ def msg(i) -> bytes:
 
 def items(n, rcpts=1):
     return ((FROM, ["r%d.%d@example.org" % (i, k) for k in range(rcpts)], msg(i)) for i in range(n))
-
-
-def wait_idle(sink, timeout: float = 10) -> dict:
-    """The sink's counters once every connection is closed (fails if one leaks)."""
-    deadline = time.monotonic() + timeout
-    while sink.counts["active"] and time.monotonic() < deadline:
-        time.sleep(0.01)
-    counts = sink.counts
-    assert counts["active"] == 0, counts
-    return counts
 
 
 class Recorder:

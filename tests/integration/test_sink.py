@@ -20,13 +20,13 @@ import smtplib
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
 
 import fastsmtplib
 from fastsmtplib.sink import Sink, read_stored
+from tests.support.sink_checks import read_replies
 
 FROM = "sender@example.org"
 
@@ -44,19 +44,6 @@ DOTTY = (
 def raw(sink: Sink, timeout: float = 10) -> socket.socket:
     sock = socket.create_connection((sink.host, sink.port), timeout=timeout)
     return sock
-
-
-def read_replies(sock: socket.socket, count: int) -> list:
-    """Read until ``count`` final reply lines (``NNN `` ) have arrived."""
-    data = b""
-    while True:
-        lines = [l for l in data.split(b"\r\n") if len(l) >= 4 and l[3:4] == b" "]
-        if len(lines) >= count:
-            return lines
-        chunk = sock.recv(65536)
-        if not chunk:
-            return lines
-        data += chunk
 
 
 def still_serves(sink: Sink) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import socket
-import threading
 import time
 
 import pytest
@@ -21,30 +20,10 @@ import pytest
 import fastsmtplib
 from fastsmtplib.sink import Sink
 from fastsmtplib.sink_faults import Faults
+from tests.support.sink_checks import read_replies, wait_idle
 
 FROM = "sender@example.org"
 BODY = b"Subject: fault\r\n\r\n.dot line\r\nbody\r\n"
-
-
-def read_replies(sock, count: int) -> list:
-    data = b""
-    while True:
-        lines = [l for l in data.split(b"\r\n") if len(l) >= 4 and l[3:4] == b" "]
-        if len(lines) >= count:
-            return lines
-        chunk = sock.recv(65536)
-        if not chunk:
-            return lines
-        data += chunk
-
-
-def wait_idle(sink: Sink, timeout: float = 10) -> dict:
-    deadline = time.monotonic() + timeout
-    while sink.counts["active"] and time.monotonic() < deadline:
-        time.sleep(0.01)
-    counts = sink.counts
-    assert counts["active"] == 0, counts
-    return counts
 
 
 def rcpt_codes(seed: int, n: int = 300) -> tuple:

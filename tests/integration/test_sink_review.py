@@ -15,6 +15,7 @@ import time
 import pytest
 
 from fastsmtplib.sink import Sink
+from tests.support.sink_checks import wait_idle
 
 FINAL = re.compile(rb"(?m)^(\d{3})(?: [^\r\n]*)?\r\n")
 
@@ -43,15 +44,6 @@ def read_to_eof(sock) -> bytes:
         if not chunk:
             return data
         data += chunk
-
-
-def wait_idle(sink: Sink, timeout: float = 10) -> dict:
-    deadline = time.monotonic() + timeout
-    while sink.counts["active"] and time.monotonic() < deadline:
-        time.sleep(0.01)
-    counts = sink.counts
-    assert counts["active"] == 0, counts
-    return counts
 
 
 def b64(data: bytes) -> bytes:

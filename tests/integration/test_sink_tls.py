@@ -15,7 +15,6 @@ import random
 import smtplib
 import socket
 import ssl
-import time
 
 import pytest
 
@@ -23,6 +22,7 @@ import fastsmtplib
 from fastsmtplib.sink import Sink
 
 from tests.support.certs import tls as ca_material
+from tests.support.sink_checks import read_replies, wait_idle
 
 FROM = "sender@example.org"
 BODY = (b"Subject: tls\r\n\r\n.leading dot\r\n..two\r\n.\r\nmiddle\r\n" + bytes(range(32, 127)) * 40 + b"\r\nend\r\n")
@@ -31,29 +31,6 @@ USERS = {"alice": "s3cret pass", "bob": "hunter2"}
 
 def b64(data: bytes) -> bytes:
     return base64.b64encode(data)
-
-
-def read_replies(sock, count: int) -> list:
-    """Read until ``count`` final reply lines have arrived (or EOF)."""
-    data = b""
-    while True:
-        lines = [l for l in data.split(b"\r\n") if len(l) >= 4 and l[3:4] == b" "]
-        if len(lines) >= count:
-            return lines
-        chunk = sock.recv(65536)
-        if not chunk:
-            return lines
-        data += chunk
-
-
-def wait_idle(sink: Sink, timeout: float = 10) -> dict:
-    """The counters once every connection is closed (fails if one leaks)."""
-    deadline = time.monotonic() + timeout
-    while sink.counts["active"] and time.monotonic() < deadline:
-        time.sleep(0.01)
-    counts = sink.counts
-    assert counts["active"] == 0, counts
-    return counts
 
 
 def starttls_raw(sink: Sink, pipelined_after: bytes = b"") -> ssl.SSLSocket:
