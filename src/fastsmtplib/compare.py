@@ -100,13 +100,20 @@ def _split(n: int, k: int) -> list:
 # -- the cases: each sends n messages and returns how many were accepted --------------------
 
 
-def _stdlib_loop(host: str, port: int, n: int, make: Callable, to: list, k: int, timeout: float = 30.0) -> int:
-    ok = 0
-    with smtplib.SMTP(host, port, "compare.fastsmtplib.invalid", timeout=timeout) as c:
-        for i in range(n):
-            if not c.sendmail(FROM_ADDR, to, make(i)):
-                ok += 1
-    return ok
+def _sendmail_loop(module: Any) -> Callable:
+    """A ``sendmail()`` loop on one connection of ``module``'s SMTP (stdlib or ours)."""
+    def run(host: str, port: int, n: int, make: Callable, to: list, k: int, timeout: float = 30.0) -> int:
+        ok = 0
+        with module.SMTP(host, port, "compare.fastsmtplib.invalid", timeout=timeout) as c:
+            for i in range(n):
+                if not c.sendmail(FROM_ADDR, to, make(i)):
+                    ok += 1
+        return ok
+
+    return run
+
+
+_stdlib_loop = _sendmail_loop(smtplib)
 
 
 def _threads(factory: Callable) -> Callable:
@@ -170,12 +177,7 @@ def _aiosmtplib(tasks: Optional[int]) -> Callable:
 def _fast_loop(host: str, port: int, n: int, make: Callable, to: list, k: int, timeout: float = 30.0) -> int:
     import fastsmtplib
 
-    ok = 0
-    with fastsmtplib.SMTP(host, port, "compare.fastsmtplib.invalid", timeout=timeout) as c:
-        for i in range(n):
-            if not c.sendmail(FROM_ADDR, to, make(i)):
-                ok += 1
-    return ok
+    return _sendmail_loop(fastsmtplib)(host, port, n, make, to, k, timeout)
 
 
 def _fast_send_many(host: str, port: int, n: int, make: Callable, to: list, k: int, timeout: float = 30.0) -> int:
