@@ -7,9 +7,10 @@ so each type says exactly what was wrong with the value it was given.
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+import os
+from typing import Callable, Optional
 
-__all__ = ["positive_int", "bounded_int", "positive_float", "nonneg_float", "port"]
+__all__ = ["positive_int", "bounded_int", "positive_float", "nonneg_float", "port", "read_password"]
 
 
 def positive_int(text: str) -> int:
@@ -65,3 +66,30 @@ def port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError("not a port number (0-65535): %r" % text)
     return value
+
+
+def read_password(env_var: Optional[str], path: Optional[str]) -> Optional[str]:
+    """The AUTH password from ``--password-env VAR`` or ``--password-file FILE``.
+
+    Passwords never come from the command line itself (other users can read a
+    process's arguments).  The file's first line is the password, without its
+    line end.  None when neither is given; ``ValueError`` with a message that
+    names the option, never the password, when it cannot be read.
+    """
+    if env_var:
+        value = os.environ.get(env_var)
+        if value is None:
+            raise ValueError("--password-env: environment variable %s is not set" % env_var)
+        return value
+    if path:
+        try:
+            with open(path, "rb") as f:
+                raw = f.readline()
+        except OSError as exc:
+            raise ValueError("--password-file: cannot read %s: %s" % (path, exc.strerror or exc)) from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("--password-file: %s is not UTF-8" % path) from None
+        return text.rstrip("\r\n")
+    return None

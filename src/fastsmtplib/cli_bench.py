@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any, Callable, Optional
 
-from .cli_args import bounded_int, positive_float, positive_int
+from .cli_args import bounded_int, positive_float, positive_int, read_password
 
 __all__ = ["add_parser", "cmd_bench", "EXIT_UNREACHABLE"]
 
@@ -199,21 +198,13 @@ def _check(args: argparse.Namespace, error: Callable[[str], Any]) -> None:
 
 
 def _password(args: argparse.Namespace, error: Callable[[str], Any]) -> Optional[str]:
-    if args.password_env:
-        value = os.environ.get(args.password_env)
-        if value is None:
-            error("--password-env: environment variable %s is not set" % args.password_env)
-        return value
-    if args.password_file:
-        try:
-            with open(args.password_file, encoding="utf-8") as f:
-                value = f.readline().rstrip("\r\n")
-        except (OSError, UnicodeError) as exc:
-            error("--password-file: cannot read %s: %s" % (args.password_file, getattr(exc, "strerror", None) or exc))
-        if not value:
-            error("--password-file: %s has an empty first line" % args.password_file)
-        return value
-    return None
+    try:
+        value = read_password(args.password_env, args.password_file)
+    except ValueError as exc:
+        error(str(exc))
+    if args.password_file and not value:
+        error("--password-file: %s has an empty first line" % args.password_file)
+    return value
 
 
 def _context(args: argparse.Namespace, error: Callable[[str], Any]) -> Any:

@@ -31,7 +31,7 @@ from .campaign import (
     neutralise_cell,
 )
 from .journal import STATES, JournalError, code_counts, counts, iter_rows, open_readonly
-from .cli_args import nonneg_float, positive_float, positive_int
+from .cli_args import nonneg_float, positive_float, positive_int, read_password
 
 __all__ = ["add_campaign_commands", "Progress", "cmd_send", "cmd_report", "cmd_demo"]
 
@@ -195,19 +195,10 @@ def _read(path: str, what: str) -> bytes:
 
 
 def _password(args: argparse.Namespace) -> Optional[str]:
-    if args.password_env:
-        value = os.environ.get(args.password_env)
-        if value is None:
-            raise CampaignInputError("--password-env: the environment variable %s is not set" % args.password_env)
-        return value
-    if args.password_file:
-        raw = _read(args.password_file, "--password-file")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise CampaignInputError("--password-file %s is not UTF-8" % args.password_file) from None
-        return text.splitlines()[0] if text.splitlines() else ""
-    return None
+    try:
+        return read_password(args.password_env, args.password_file)
+    except ValueError as exc:
+        raise CampaignInputError(str(exc)) from None
 
 
 def _template(args: argparse.Namespace) -> tuple:
