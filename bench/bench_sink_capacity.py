@@ -72,6 +72,8 @@ from pathlib import Path
 from typing import Optional
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from sink import stop_process  # noqa: E402  (bench/sink.py)
 SRC = HERE.parent / "src"
 SMTP_SINK = os.environ.get("FASTSMTPLIB_SMTP_SINK", "/usr/sbin/smtp-sink")
 TASKSET = shutil.which("taskset") or "/usr/bin/taskset"
@@ -183,13 +185,7 @@ class Server:
         return cpu_ticks(self.proc.pid)  # type: ignore[union-attr]
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         self.proc = None
 
     def __enter__(self) -> "Server":

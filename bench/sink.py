@@ -39,6 +39,17 @@ def sink_available() -> Optional[str]:
     return None
 
 
+def stop_process(proc: Optional[subprocess.Popen]) -> None:
+    """SIGTERM a server still running, SIGKILL it if it has not gone in 5 s."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -103,13 +114,7 @@ class PinnedSink:
         )
 
     def _kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         self.proc = None
 
     def stop(self) -> None:
